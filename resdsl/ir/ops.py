@@ -1,0 +1,322 @@
+"""The op registry: per op its attributes, arity, shape rule, parameter shapes and MACs.
+
+This is the one place an op is defined. The language's argument names are the
+attribute field names (`conv(64, k=3, s=2, p=1, groups=32)`), the shape rule is what
+`passes.shapes` runs, and every backend maps ops to its own code by `OpDef.name`.
+
+Shapes are per sample: `(C, H, W)` for feature maps, `(F,)` for flat features.
+MACs count multiply-accumulates of convolutions and linear layers only (batch norm,
+pooling and element-wise ops count 0), the convention of the torchvision oracle.
+
+>>> conv = OPS["conv"]
+>>> a = conv.attrs(out=64, k=3, s=2, p=1)
+>>> conv.infer(a, [(3, 32, 32)])
+(64, 16, 16)
+>>> conv.param_shapes(a, [(3, 32, 32)])
+{'weight': (64, 3, 3, 3)}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+Shape = tuple[int, ...]
+
+
+class ShapeError(Exception):
+    """Raised by a shape rule; the caller attaches the span of the offending layer."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+def fmt(shape: Shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+# ---- attribute records (frozen: an IR node's attrs never change in place) -----------
+
+@dataclass(frozen=True)
+class NoAttrs:
+    pass
+
+
+@dataclass(frozen=True)
+class ConvAttrs:
+    out: int
+    k: int
+    s: int = 1
+    p: int = 0
+    d: int = 1
+    groups: int = 1
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class BNAttrs:
+    eps: float = 1e-5
+    momentum: float = 0.1
+
+
+@dataclass(frozen=True)
+class PoolAttrs:
+    k: int
+    s: int = 0  # 0: same as k
+    p: int = 0
+    ceil_mode: bool = False
+
+    @property
+    def stride(self) -> int:
+        return self.s or self.k
+
+
+@dataclass(frozen=True)
+class LinearAttrs:
+    out: int
+    bias: bool = True
+
+
+@dataclass(frozen=True)
+class ZeroPadAttrs:
+    """Option-A shortcut: take every s-th pixel, then zero-pad channels up to `c`
+    (half the new channels before, the rest after, as the CIFAR ResNets do)."""
+
+    c: int
+    s: int = 1
+
+    def pads(self, in_c: int) -> tuple[int, int]:
+        extra = self.c - in_c
+        return extra // 2, extra - extra // 2
+
+
+@dataclass(frozen=True)
+class InputAttrs:
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DropoutAttrs:
+    p: float = 0.5
+
+
+# ---- shape rules ------------------------------------------------------------------
+
+def _need_map(op: str, shape: Shape) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise ShapeError(f"{op} needs a [C, H, W] feature map, got the flat shape {fmt(shape)}",
+                         hint=f"apply {op} before `flatten`")
+    return shape  # type: ignore[return-value]
+
+
+def _window(op: str, size: int, k: int, s: int, p: int, d: int = 1, ceil: bool = False) -> int:
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    if span < 0 or out <= 0:
+        raise ShapeError(f"{op} with k={k}, s={s}, p={p} collapses a spatial size of {size} to "
+                         f"{max(out, 0)}",
+                         hint="the input is too small for this layer: use a larger `input`, "
+                              "less downsampling, or more padding")
+    return out
+
+
+def _conv_shape(a: ConvAttrs, ins: list[Shape]) -> Shape:
+    c, h, w = _need_map("conv", ins[0])
+    for name, value in (("out", a.out), ("k", a.k), ("s", a.s), ("d", a.d), ("groups", a.groups)):
+        if value < 1:
+            raise ShapeError(f"conv {name}={value} must be at least 1")
+    if a.p < 0:
+        raise ShapeError(f"conv p={a.p} must not be negative")
+    if c % a.groups:
+        raise ShapeError(f"conv with groups={a.groups}: input channels {c} are not divisible "
+                         f"by {a.groups}",
+                         hint="the input channels and `out` must both be multiples of groups")
+    if a.out % a.groups:
+        raise ShapeError(f"conv with groups={a.groups}: output channels {a.out} are not "
+                         f"divisible by {a.groups}",
+                         hint="the input channels and `out` must both be multiples of groups")
+    return (a.out, _window("conv", h, a.k, a.s, a.p, a.d), _window("conv", w, a.k, a.s, a.p, a.d))
+
+
+def _same(op: str) -> Callable:
+    def rule(a, ins: list[Shape]) -> Shape:
+        return ins[0]
+    return rule
+
+
+def _bn_shape(a: BNAttrs, ins: list[Shape]) -> Shape:
+    _need_map("bn", ins[0])
+    return ins[0]
+
+
+def _pool_shape(op: str) -> Callable:
+    def rule(a: PoolAttrs, ins: list[Shape]) -> Shape:
+        c, h, w = _need_map(op, ins[0])
+        if a.k < 1 or a.stride < 1 or a.p < 0:
+            raise ShapeError(f"{op} needs k >= 1, s >= 1, p >= 0")
+        if 2 * a.p > a.k:
+            raise ShapeError(f"{op} padding p={a.p} is more than half the window k={a.k}",
+                             hint="use p <= k / 2")
+        return (c, _window(op, h, a.k, a.stride, a.p, ceil=a.ceil_mode),
+                _window(op, w, a.k, a.stride, a.p, ceil=a.ceil_mode))
+    return rule
+
+
+def _gap_shape(a: NoAttrs, ins: list[Shape]) -> Shape:
+    c, _, _ = _need_map("global_avgpool", ins[0])
+    return (c, 1, 1)
+
+
+def _flatten_shape(a: NoAttrs, ins: list[Shape]) -> Shape:
+    return (math.prod(ins[0]),)
+
+
+def _linear_shape(a: LinearAttrs, ins: list[Shape]) -> Shape:
+    if len(ins[0]) != 1:
+        raise ShapeError(f"linear needs flat features, got {fmt(ins[0])}",
+                         hint="insert `flatten` (after `global_avgpool`) before the linear layer")
+    if a.out < 1:
+        raise ShapeError(f"linear out={a.out} must be at least 1")
+    return (a.out,)
+
+
+def _add_shape(a: NoAttrs, ins: list[Shape]) -> Shape:
+    for other in ins[1:]:
+        if other != ins[0]:
+            raise ShapeError(f"add of tensors with different shapes: {fmt(ins[0])} and "
+                             f"{fmt(other)}",
+                             hint="both sides of `+` must have the same shape; a residual "
+                                  "branch that changes channels or stride needs a projection "
+                                  "shortcut, e.g. `shortcut(downsample: (conv(C, k=1, s=2) -> "
+                                  "bn))`")
+    return ins[0]
+
+
+def _concat_shape(a: NoAttrs, ins: list[Shape]) -> Shape:
+    first = _need_map("concat", ins[0])
+    for other in ins[1:]:
+        _need_map("concat", other)
+        if other[1:] != first[1:]:
+            raise ShapeError(f"concat of feature maps with different spatial sizes: "
+                             f"{fmt(first)} and {fmt(other)}",
+                             hint="concatenated tensors must agree in height and width; "
+                                  "downsample them the same way first")
+    return (sum(s[0] for s in ins), first[1], first[2])
+
+
+def _zeropad_shape(a: ZeroPadAttrs, ins: list[Shape]) -> Shape:
+    c, h, w = _need_map("zeropad", ins[0])
+    if a.s < 1:
+        raise ShapeError(f"zeropad s={a.s} must be at least 1")
+    if a.c < c:
+        raise ShapeError(f"zeropad to {a.c} channels cannot shrink an input of {c} channels",
+                         hint="zeropad only adds channels; use a projection to reduce them")
+    return (a.c, -(-h // a.s), -(-w // a.s))
+
+
+def _input_shape(a: InputAttrs, ins: list[Shape]) -> Shape:
+    if not a.shape or any((not isinstance(d, int)) or d < 1 for d in a.shape):
+        raise ShapeError(f"input shape {fmt(a.shape)} must be whole numbers of at least 1",
+                         hint="write the per-sample shape, e.g. `input [3, 224, 224]`")
+    if len(a.shape) not in (1, 3):
+        raise ShapeError(f"input shape {fmt(a.shape)} must be [C, H, W] or [F]")
+    return tuple(a.shape)
+
+
+# ---- parameters -----------------------------------------------------------------
+
+def _conv_params(a: ConvAttrs, ins: list[Shape]) -> dict[str, Shape]:
+    p = {"weight": (a.out, ins[0][0] // a.groups, a.k, a.k)}
+    if a.bias:
+        p["bias"] = (a.out,)
+    return p
+
+
+def _bn_params(a: BNAttrs, ins: list[Shape]) -> dict[str, Shape]:
+    return {"weight": (ins[0][0],), "bias": (ins[0][0],)}
+
+
+def _bn_buffers(a: BNAttrs, ins: list[Shape]) -> dict[str, Shape]:
+    return {"running_mean": (ins[0][0],), "running_var": (ins[0][0],)}
+
+
+def _linear_params(a: LinearAttrs, ins: list[Shape]) -> dict[str, Shape]:
+    p = {"weight": (a.out, ins[0][0])}
+    if a.bias:
+        p["bias"] = (a.out,)
+    return p
+
+
+def _conv_macs(a: ConvAttrs, ins: list[Shape], out: Shape) -> int:
+    return out[0] * out[1] * out[2] * (ins[0][0] // a.groups) * a.k * a.k
+
+
+def _linear_macs(a: LinearAttrs, ins: list[Shape], out: Shape) -> int:
+    return a.out * ins[0][0]
+
+
+def _none(*_):
+    return {}
+
+
+def _zero(*_):
+    return 0
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Everything resdsl knows about one op."""
+
+    name: str
+    attrs: type
+    infer: Callable[..., Shape]
+    doc: str
+    arity: tuple[int, int | None] = (1, 1)  # min, max inputs (None: any number)
+    param_shapes: Callable[..., dict[str, Shape]] = _none
+    buffer_shapes: Callable[..., dict[str, Shape]] = _none
+    macs: Callable[..., int] = _zero
+    strided: bool = False  # has an `s` attribute that downsamples
+
+    def fields(self) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(self.attrs))
+
+
+OPS: dict[str, OpDef] = {op.name: op for op in [
+    OpDef("input", InputAttrs, _input_shape, "the model's input (per-sample shape)",
+          arity=(0, 0)),
+    OpDef("conv", ConvAttrs, _conv_shape, "2-D convolution (no bias unless bias=true)",
+          param_shapes=_conv_params, macs=_conv_macs, strided=True),
+    OpDef("bn", BNAttrs, _bn_shape, "batch normalisation over channels",
+          param_shapes=_bn_params, buffer_shapes=_bn_buffers),
+    OpDef("relu", NoAttrs, _same("relu"), "rectified linear unit"),
+    OpDef("maxpool", PoolAttrs, _pool_shape("maxpool"), "max pooling (s defaults to k)",
+          strided=True),
+    OpDef("avgpool", PoolAttrs, _pool_shape("avgpool"), "average pooling (s defaults to k)",
+          strided=True),
+    OpDef("global_avgpool", NoAttrs, _gap_shape, "average over H and W: [C, H, W] -> [C, 1, 1]"),
+    OpDef("flatten", NoAttrs, _flatten_shape, "[C, H, W] -> [C*H*W]"),
+    OpDef("linear", LinearAttrs, _linear_shape, "fully connected layer",
+          param_shapes=_linear_params, macs=_linear_macs),
+    OpDef("dropout", DropoutAttrs, _same("dropout"), "dropout (identity in eval mode)"),
+    OpDef("add", NoAttrs, _add_shape, "element-wise sum of same-shaped tensors (`a + b`)",
+          arity=(2, None)),
+    OpDef("concat", NoAttrs, _concat_shape, "channel concatenation", arity=(1, None)),
+    OpDef("zeropad", ZeroPadAttrs, _zeropad_shape,
+          "option-A shortcut: subsample by s, zero-pad channels to c", strided=True),
+]}
+
+
+def attrs_to_json(attrs) -> dict:
+    return dataclasses.asdict(attrs)
+
+
+def attrs_from_json(op: str, data: dict):
+    if op == "input":
+        data = {"shape": tuple(data["shape"])}
+    return OPS[op].attrs(**data)

@@ -1,0 +1,344 @@
+"""Text -> AST, with syntax errors rendered for people.
+
+>>> from resdsl.syntax.parser import parse
+>>> mod = parse("model m() { input [3, 8, 8]\\n conv1: conv(4, k=3) }", "m.arch")
+>>> [item.name for item in mod.items]
+['m']
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from lark import Lark, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from resdsl.errors import ResdslError, Source, Span
+from resdsl.syntax import ast as A
+
+
+def _grammar_path() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "arch.lark", here.parent.parent / "grammars" / "arch.lark"):
+        if candidate.is_file():
+            return candidate
+    raise RuntimeError("resdsl is installed without its grammar (grammars/arch.lark); "
+                       "reinstall with `pip install -e .` from the source tree")
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark(_grammar_path().read_text(), parser="lalr", propagate_positions=True,
+                maybe_placeholders=True, start=["start", "expr"])
+
+
+def _span(src: Source, meta_or_token) -> Span:
+    m = meta_or_token
+    return Span(src, m.line, m.column, m.end_line, m.end_column)
+
+
+def _join(a: Span, b: Span) -> Span:
+    return Span(a.source, a.line, a.column, b.end_line, b.end_column)
+
+
+class _ToAst(Transformer):
+    def __init__(self, src: Source) -> None:
+        super().__init__()
+        self.src = src
+
+    def sp(self, x) -> Span:
+        return _span(self.src, x)
+
+    # ---- items
+    def start(self, items):
+        return tuple(items)
+
+    @v_args(meta=True)
+    def use(self, meta, children):
+        (tok,) = children
+        return A.Use(tok[1:-1], self.sp(meta))
+
+    @v_args(meta=True)
+    def block(self, meta, children):
+        name, params, body = children
+        return A.BlockDef(str(name), params or (), body, self.sp(meta), self.sp(name))
+
+    @v_args(meta=True)
+    def model_def(self, meta, children):
+        name, params, body = children
+        return A.BlockDef(str(name), params or (), body, self.sp(meta), self.sp(name),
+                          is_model=True)
+
+    @v_args(meta=True)
+    def model_alias(self, meta, children):
+        name, params, target = children
+        return A.ModelAlias(str(name), params or (), target, self.sp(meta), self.sp(name))
+
+    def params(self, children):
+        return tuple(children)
+
+    @v_args(meta=True)
+    def param(self, meta, children):
+        name, default = children
+        return A.Param(str(name), default, self.sp(meta))
+
+    def body(self, children):
+        return tuple(children)
+
+    # ---- statements
+    @v_args(meta=True)
+    def input_stmt(self, meta, children):
+        return A.Input(children[0], self.sp(meta))
+
+    @v_args(meta=True)
+    def assign(self, meta, children):
+        name, value = children
+        return A.Assign(str(name), value, self.sp(meta), self.sp(name))
+
+    @v_args(meta=True)
+    def return_stmt(self, meta, children):
+        return A.Return(children[0], self.sp(meta))
+
+    @v_args(meta=True)
+    def expr_stmt(self, meta, children):
+        return A.ExprStmt(children[0], self.sp(meta))
+
+    # ---- expressions
+    @v_args(meta=True)
+    def cond(self, meta, children):
+        c, a, b = children
+        return A.Cond(c, a, b, self.sp(meta))
+
+    @v_args(meta=True)
+    def pipe_chain(self, meta, children):
+        return A.Pipe(tuple(children), self.sp(meta))
+
+    def _fold(self, meta, children, op):
+        left = children[0]
+        for right in children[1:]:
+            left = A.BinOp(op, left, right, _join(left.span, right.span), left.span)
+        return left
+
+    @v_args(meta=True)
+    def or_op(self, meta, children):
+        return self._fold(meta, children, "or")
+
+    @v_args(meta=True)
+    def and_op(self, meta, children):
+        return self._fold(meta, children, "and")
+
+    @v_args(meta=True)
+    def not_op(self, meta, children):
+        return A.Unary("not", children[0], self.sp(meta))
+
+    @v_args(meta=True)
+    def compare(self, meta, children):
+        left, op, right = children
+        return A.BinOp(str(op), left, right, self.sp(meta), self.sp(op))
+
+    @v_args(meta=True)
+    def binop(self, meta, children):
+        left, op, right = children
+        return A.BinOp(str(op), left, right, self.sp(meta), self.sp(op))
+
+    @v_args(meta=True)
+    def neg(self, meta, children):
+        return A.Unary("-", children[-1], self.sp(meta))
+
+    @v_args(meta=True)
+    def pow(self, meta, children):
+        left, right = children
+        return A.BinOp("**", left, right, self.sp(meta), self.sp(meta))
+
+    @v_args(meta=True)
+    def attr(self, meta, children):
+        obj, name = children
+        return A.Attr(obj, str(name), self.sp(meta))
+
+    @v_args(meta=True)
+    def index(self, meta, children):
+        obj, idx = children
+        return A.Index(obj, idx, self.sp(meta))
+
+    @v_args(meta=True)
+    def number(self, meta, children):
+        text = str(children[0])
+        value: int | float
+        if any(ch in text for ch in ".eE"):
+            value = float(text)
+            if value.is_integer() and "." not in text:
+                value = int(value)
+        else:
+            value = int(text)
+        return A.Num(value, self.sp(meta))
+
+    @v_args(meta=True)
+    def string(self, meta, children):
+        return A.Str(str(children[0])[1:-1], self.sp(meta))
+
+    @v_args(meta=True)
+    def true(self, meta, children):
+        return A.Bool(True, self.sp(meta))
+
+    @v_args(meta=True)
+    def false(self, meta, children):
+        return A.Bool(False, self.sp(meta))
+
+    @v_args(meta=True)
+    def ref(self, meta, children):
+        return A.Ref(str(children[0]), self.sp(meta))
+
+    @v_args(meta=True)
+    def call(self, meta, children):
+        name, args = children
+        return A.Call(str(name), args or (), self.sp(meta), self.sp(name))
+
+    def args(self, children):
+        out = []
+        for c in children:
+            out.append(c if isinstance(c, A.Arg) else A.Arg(None, c, c.span))
+        return tuple(out)
+
+    @v_args(meta=True)
+    def kwarg(self, meta, children):
+        name, value = children
+        return A.Arg(str(name), value, self.sp(meta))
+
+    @v_args(meta=True)
+    def labeled(self, meta, children):
+        label, inner = children
+        return A.Labeled(str(label), inner, self.sp(meta), self.sp(label))
+
+    @v_args(meta=True)
+    def group(self, meta, children):
+        return A.Group(children[0], self.sp(meta))
+
+    @v_args(meta=True)
+    def list(self, meta, children):
+        return A.ListE(tuple(c for c in children if c is not None), self.sp(meta))
+
+    @v_args(meta=True)
+    def dict(self, meta, children):
+        items = []
+        for c in children:
+            if c is None:
+                continue
+            if not isinstance(c, A.Labeled):
+                raise ResdslError("a `{...}` entry must be `key: value`", c.span,
+                                  hint="write overrides as `first={stride: 2}`")
+            items.append((c.label, c.inner, c.span))
+        return A.DictE(tuple(items), self.sp(meta))
+
+
+# Readable names for the grammar's terminals in "expected ..." messages.
+_TERMINALS = {
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "LPAR": "`(`", "RPAR": "`)`",
+    "LSQB": "`[`", "RSQB": "`]`", "LBRACE": "`{`", "RBRACE": "`}`", "COMMA": "`,`",
+    "COLON": "`:`", "EQUAL": "`=`", "DOT": "`.`", "MINUS": "`-`", "PLUS": "`+`",
+    "MULOP": "`*`", "COMPOP": "a comparison", "__ANON_0": "`->`", "RETURN": "`return`",
+    "INPUT": "`input`", "IF": "`if`", "THEN": "`then`", "ELSE": "`else`", "MODEL": "`model`",
+    "BLOCK": "`block`", "USE": "`use`", "TRUE": "`true`", "FALSE": "`false`", "NOT": "`not`",
+    "AND": "`and`", "OR": "`or`", "$END": "the end of the file",
+}
+
+
+def _describe(expected: set[str], parser: Lark) -> str:
+    names = []
+    for term in sorted(expected):
+        if term in _TERMINALS:
+            names.append(_TERMINALS[term])
+            continue
+        try:
+            pattern = parser.get_terminal(term).pattern.value
+            names.append(f"`{pattern}`" if len(pattern) < 8 else term.lower())
+        except KeyError:
+            names.append(term.lower())
+    names = sorted(set(names))
+    if len(names) > 6:
+        return ", ".join(names[:6]) + ", ..."
+    return ", ".join(names)
+
+
+def _syntax_error(err: UnexpectedInput, src: Source) -> ResdslError:
+    parser = _parser()
+    line, col = max(err.line, 1), max(err.column, 1)
+    if isinstance(err, UnexpectedToken) and err.token.type == "$END":
+        lines = src.text.splitlines() or [""]
+        line, col = len(lines), len(lines[-1]) + 1
+        span = Span(src, line, col, line, col + 1)
+        return ResdslError("unexpected end of file", span,
+                           hint="a `(`, `[` or `{` is not closed, or a statement is unfinished")
+    if isinstance(err, UnexpectedToken):
+        tok = err.token
+        width = max(len(str(tok)), 1)
+        span = Span(src, line, col, line, col + width)
+        expected = _describe(err.expected, parser)
+        hint = f"expected {expected}"
+        if tok.type in ("EQUAL",) and "COLON" in err.expected:
+            hint = "inside `{...}` write `key: value`, e.g. `first={stride: 2}`"
+        elif tok.type == "COLON":
+            hint = ("a label names the layer that follows it: `conv1: conv(64, k=3)`; "
+                    "keyword arguments use `=`: `conv(64, k=3)`")
+        elif tok.type == "RBRACE" and "RPAR" in err.expected:
+            hint = "a `(` is not closed before this `}`"
+        word = str(tok)
+        return ResdslError(f"unexpected {_TERMINALS.get(tok.type, repr(word))} `{word}`"
+                           if tok.type in _TERMINALS else f"unexpected `{word}`", span, hint=hint)
+    if isinstance(err, UnexpectedCharacters):
+        ch = src.text[err.pos_in_stream] if err.pos_in_stream < len(src.text) else "?"
+        span = Span(src, line, col, line, col + 1)
+        hint = "names are letters, digits and `_`; comments start with `#`"
+        if ch == "'":
+            hint = 'strings use double quotes: "lib/resnet.arch"'
+        return ResdslError(f"unexpected character `{ch}`", span, hint=hint)
+    if isinstance(err, UnexpectedEOF):  # pragma: no cover - LALR reports $END as a token
+        span = Span(src, line, col, line, col + 1)
+        return ResdslError("unexpected end of file", span)
+    raise err  # pragma: no cover
+
+
+def parse(text: str, path: str = "<string>") -> A.Module:
+    """Parse the text of an .arch file into an `ast.Module`; raise ResdslError on bad syntax."""
+    src = Source(path, text)
+    try:
+        tree = _parser().parse(text, start="start")
+    except UnexpectedInput as err:
+        raise _syntax_error(err, src) from None
+    items = _ToAst(src).transform(tree)
+    return A.Module(src, items)
+
+
+def parse_expression(text: str, origin: Span) -> A.Expr:
+    """Parse one expression (the inside of a `{...}` in a name template such as
+    "denselayer{i+1}"); errors point at `origin`, the string it came from."""
+    src = Source(origin.path, text)
+    try:
+        tree = _parser().parse(text, start="expr")
+    except UnexpectedInput:
+        raise ResdslError(f"`{{{text}}}` in a name template is not an expression", origin,
+                          hint='write e.g. name="denselayer{i+1}" (i counts from 0)') from None
+    expr = _ToAst(src).transform(tree)
+    return _Respan(origin).visit(expr)
+
+
+class _Respan:
+    """Moves every span of a sub-parsed expression onto the span of its string."""
+
+    def __init__(self, origin: Span) -> None:
+        self.origin = origin
+
+    def visit(self, node):
+        import dataclasses
+        if isinstance(node, tuple):
+            return tuple(self.visit(x) for x in node)
+        if not dataclasses.is_dataclass(node):
+            return node
+        changes = {}
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if isinstance(value, Span):
+                changes[f.name] = self.origin
+            elif isinstance(value, tuple) or dataclasses.is_dataclass(value):
+                changes[f.name] = self.visit(value)
+        return dataclasses.replace(node, **changes)
