@@ -30,12 +30,23 @@ def loads(text: str, path: str = "<string>", *, model: str | None = None,
     if base_dir is None:
         base_dir = Path(path).parent if path != "<string>" else Path.cwd()
     base = Path(base_dir)
-    loader = Loader(base)
+    loader = Loader(spec_root(base))
     real = (base / Path(path).name).resolve() if path != "<string>" else None
     env, module = loader.load_text(text, path, real)
     ref = choose_model(env, module, model)
     graph = validate(elaborate(ref, params))
     return Arch(graph, text, None if path == "<string>" else path)
+
+
+def spec_root(directory: Path) -> Path:
+    """The spec tree a spec's `use` paths must stay in: the nearest enclosing directory
+    with a `lib/` folder (so specs/resnext_forms/x.arch may use specs/lib/), else the
+    spec's own directory."""
+    directory = directory.resolve()
+    for d in (directory, *directory.parents):
+        if (d / "lib").is_dir():
+            return d
+    return directory
 
 
 def load(path: str | Path, *, model: str | None = None,

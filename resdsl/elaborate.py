@@ -821,10 +821,10 @@ class Elaborator:
             local = name(i)
             inp = features[0] if i == 0 else self.b.add(
                 f"{prefix}.{local}.cat", cat, cat.attrs(), list(features), e.span, prefix,
-                frame.block)
+                "dense")
             features.append(self.apply(A.Labeled(local, unit, unit.span, unit.span), inp, sub))
         return self.b.add(f"{prefix}.cat", cat, cat.attrs(), features, e.span, prefix,
-                          frame.block)
+                          "dense")
 
     def comb_paths(self, e: A.Call, x: Tensor, frame: Frame, label, label_span) -> Tensor:
         unit, opts = self.comb_args(e, frame, {"n": _REQUIRED, "merge": "sum",
@@ -842,7 +842,7 @@ class Elaborator:
         if len(outs) == 1:
             return outs[0]
         return self.b.add(f"{prefix}.{'sum' if merge == 'sum' else 'cat'}", op, op.attrs(),
-                          outs, e.span, prefix, frame.block)
+                          outs, e.span, prefix, "paths")
 
     def comb_shortcut(self, e: A.Call, x: Tensor, frame: Frame, label, label_span) -> Tensor:
         if len(e.args) != 1 or e.args[0].name is not None:
