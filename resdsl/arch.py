@@ -18,7 +18,7 @@ from typing import Any
 
 import networkx as nx
 
-from resdsl.ir.graph import inputs_of
+from resdsl.ir.graph import inputs_of, topo_order
 from resdsl.ir.ops import OPS, fmt
 
 
@@ -65,7 +65,7 @@ class Arch:
 
     def _tensors(self, kind: str) -> dict[str, tuple[int, ...]]:
         out: dict[str, tuple[int, ...]] = {}
-        for name in nx.topological_sort(self.graph):
+        for name in topo_order(self.graph):
             d = self.graph.nodes[name]
             ins = [self.graph.nodes[s]["shape"] for s in inputs_of(self.graph, name)]
             for key, shape in getattr(OPS[d["op"]], kind)(d["attrs"], ins).items():
@@ -83,7 +83,7 @@ class Arch:
     def spec_hash(self) -> str:
         """A hash of the elaborated network (graph structure, attributes, shapes)."""
         h = hashlib.sha256()
-        for name in nx.topological_sort(self.graph):
+        for name in topo_order(self.graph):
             d = self.graph.nodes[name]
             h.update(json.dumps([name, d["op"], repr(d["attrs"]), list(d["shape"]),
                                  inputs_of(self.graph, name)]).encode())
@@ -95,7 +95,7 @@ class Arch:
         `depth` parts of their dotted names (`--depth 1` gives conv1, layer1, ..., fc)."""
         g = self.graph
         rows: list[Row] = []
-        for name in nx.topological_sort(g):
+        for name in topo_order(g):
             d = g.nodes[name]
             op = OPS[d["op"]]
             ins = [g.nodes[s]["shape"] for s in inputs_of(g, name)]

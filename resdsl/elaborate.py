@@ -112,6 +112,7 @@ class Frame:
     block: str
     used: set[str] = field(default_factory=set)
     stmt_index: int = 0
+    scope: str = ""  # the block instance path, e.g. "layer1.0"
 
 
 class Builder:
@@ -468,7 +469,7 @@ class Elaborator:
                                        "use concat(a, b) to stack channels")
             name = self.b_auto(frame, "add")
             return self.b.add(name, OPS["add"], OPS["add"].attrs(), [a, b], e.span,
-                              frame.namer.prefix, frame.block)
+                              frame.scope, frame.block)
         if e.op in ("==", "!="):
             return (a == b) if e.op == "==" else (a != b)
         x = self.number(a, e.left.span)
@@ -543,7 +544,7 @@ class Elaborator:
                 return self.apply(e.inner, x, frame, None, None, overrides)
             inner = e.inner.stages if isinstance(e.inner, A.Pipe) else (e.inner,)
             sub = Frame(frame.module, frame.vars, Namer(frame.namer.full(label), True),
-                        frame.body, frame.block, frame.used, frame.stmt_index)
+                        frame.body, frame.block, frame.used, frame.stmt_index, frame.scope)
             self.claim(frame, label, label_span)
             for pos, stage in enumerate(inner):
                 sub.namer.position = pos
@@ -642,7 +643,7 @@ class Elaborator:
         return self.b.add(name, op, attrs, inputs, e.span if label is None else
                           Span(e.span.source, label_span.line, label_span.column,
                                e.span.end_line, e.span.end_column),
-                          frame.namer.prefix, frame.block, label_span)
+                          frame.scope, frame.block, label_span)
 
     def op_attrs(self, op: OpDef, values, e: A.Call):
         fields = [f for f in op.fields()]
@@ -723,7 +724,8 @@ class Elaborator:
         if self.depth > 64:
             raise ResdslError(f"blocks nest more than 64 deep at `{defn.name}`", span,
                               hint="a block that (indirectly) uses itself never ends")
-        sub = Frame(ref.module, dict(bound), Namer(prefix), defn.body, defn.name)
+        sub = Frame(ref.module, dict(bound), Namer(prefix), defn.body, defn.name,
+                    scope=prefix)
         try:
             return self.exec_body(sub, defn, x)
         except ResdslError as err:
@@ -780,7 +782,8 @@ class Elaborator:
                  for p in parts]
 
         def name(i: int) -> str:
-            sub = Frame(frame.module, {**frame.vars, "i": i}, frame.namer, (), frame.block)
+            sub = Frame(frame.module, {**frame.vars, "i": i}, frame.namer, (), frame.block,
+                        scope=frame.scope)
             out = "".join(str(self.eval(x, sub)) if x is not None else p for p, x in exprs)
             if not re.fullmatch(r"[A-Za-z0-9_]+", out):
                 raise ResdslError(f"name template gives `{out}`, not a plain name", span,
@@ -793,7 +796,7 @@ class Elaborator:
         prefix = self.claim(frame, label, label_span) if label is not None else \
             self.name_for(frame, None, base, span)
         sub = Frame(frame.module, frame.vars, Namer(prefix), frame.body, frame.block,
-                    frame.used, frame.stmt_index)
+                    frame.used, frame.stmt_index, frame.scope)
         return sub, prefix
 
     def comb_stage(self, e: A.Call, x: Tensor, frame: Frame, label, label_span) -> Tensor:

@@ -76,3 +76,10 @@ def _load_source(path: str) -> Source:
             return Source(path, f.read())
     except OSError:
         return Source(path, "")
+
+
+def topo_order(g: nx.MultiDiGraph) -> list[str]:
+    """Nodes in a topological order that follows the spec's order of creation (so
+    generated code and state_dicts list layers as the spec writes them)."""
+    index = {n: i for i, n in enumerate(g.nodes)}
+    return list(nx.lexicographical_topological_sort(g, key=index.__getitem__))

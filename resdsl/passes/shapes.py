@@ -17,7 +17,7 @@ from __future__ import annotations
 import networkx as nx
 
 from resdsl.errors import ResdslError
-from resdsl.ir.graph import inputs_of
+from resdsl.ir.graph import inputs_of, topo_order
 from resdsl.ir.ops import OPS, ShapeError
 
 
@@ -31,7 +31,7 @@ def validate(g: nx.MultiDiGraph) -> nx.MultiDiGraph:
                           hint="a network is acyclic: each layer may only read layers "
                                "computed before it")
     param_owners: set[str] = set()
-    for name in nx.topological_sort(g):
+    for name in topo_order(g):
         d = g.nodes[name]
         span = d.get("span")
         op = OPS.get(d.get("op"))
