@@ -374,6 +374,10 @@ class Elaborator:
             if e.name in OPS and e.name not in frame.vars:
                 return self.op_call(e, frame, None, None)
             return self.apply(e, self.input_of(frame, e.span), frame)
+        if isinstance(e, A.Labeled) and not self.is_layer(e.inner, frame):
+            raise ResdslError(f"`{e.label}: ...` labels a layer, but {_kind(self.eval(e.inner, frame))}"
+                              " is not one", e.span,
+                              hint=f"a keyword argument is written `{e.label}=...`")
         if isinstance(e, A.Labeled | A.Group):
             if isinstance(e, A.Group) and not self.is_layer(e.inner, frame):
                 return self.eval(e.inner, frame)
@@ -690,7 +694,9 @@ class Elaborator:
             return v
         if t == "int":
             if isinstance(v, bool) or not isinstance(v, int | float):
-                raise ResdslError(f"{what} must be a whole number, got {_kind(v)}", span)
+                raise ResdslError(f"{what} must be a whole number, got {_kind(v)}", span,
+                                  hint="numbers are written without quotes, e.g. `k=3`"
+                                  if isinstance(v, str) else None)
             return self.whole(v, span, what)
         if t == "float":
             return float(self.number(v, span))

@@ -52,7 +52,8 @@ class Loader:
     def import_into(self, env: ModuleEnv, use: A.Use, base: Path) -> None:
         target = (base / use.path).resolve()
         if not _inside(target, self.root_dir):
-            raise ResdslError(f"`use \"{use.path}\"` leaves the spec tree ({self.root_dir})",
+            raise ResdslError(f"`use \"{use.path}\"` leaves the spec tree "
+                              f"({_rel(self.root_dir)})",
                               use.span, hint="shared block libraries must live in the "
                                              "directory of the spec or below it")
         if target in self.stack:
@@ -62,7 +63,7 @@ class Loader:
                               hint="move the shared blocks into a library both files use")
         if target not in self.cache:
             if not target.is_file():
-                raise ResdslError(f"cannot find `{use.path}` (looked for {target})", use.span,
+                raise ResdslError(f"cannot find `{use.path}` (looked for {_rel(target)})", use.span,
                                   hint="`use` paths are relative to the file that uses them")
             text = target.read_text(encoding="utf-8")
             shown = os.path.relpath(target) if not os.path.isabs(use.path) else str(target)
@@ -70,6 +71,12 @@ class Loader:
         sub = self.cache[target]
         for name, defn in sub.defs.items():
             self.define(env, name, defn, sub.envs[name], use.span)
+
+
+def _rel(path: Path) -> str:
+    """A path as the user would write it from the current directory."""
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("../../..") else str(path)
 
 
 def _inside(path: Path, root: Path) -> bool:

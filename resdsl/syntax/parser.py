@@ -283,8 +283,11 @@ def _syntax_error(err: UnexpectedInput, src: Source) -> ResdslError:
         elif tok.type == "RBRACE" and "RPAR" in err.expected:
             hint = "a `(` is not closed before this `}`"
         word = str(tok)
-        return ResdslError(f"unexpected {_TERMINALS.get(tok.type, repr(word))} `{word}`"
-                           if tok.type in _TERMINALS else f"unexpected `{word}`", span, hint=hint)
+        if tok.type in ("NAME", "NUMBER", "STRING"):
+            what = f"{_TERMINALS[tok.type]} `{word}`"
+        else:
+            what = _TERMINALS.get(tok.type, f"`{word}`")
+        return ResdslError(f"unexpected {what}", span, hint=hint)
     if isinstance(err, UnexpectedCharacters):
         ch = src.text[err.pos_in_stream] if err.pos_in_stream < len(src.text) else "?"
         span = Span(src, line, col, line, col + 1)
