@@ -64,6 +64,10 @@ EXPRS: dict[str, Callable[[str | None, Any, list[str]], str]] = {
     "zeropad": lambda m, a, x: f"_zeropad({x[0]}, {a.c}, {a.s})",
 }
 
+# ops whose output is a fresh tensor that nothing else aliases: a sole consumer may
+# update it in place (torchvision's ReLU(inplace=True) and `out += identity`)
+_FRESH = {"conv", "bn", "add", "concat", "linear", "avgpool", "maxpool", "global_avgpool"}
+
 _RESERVED = set(dir(__import__("torch").nn.Module)) | {"memory_efficient"}
 
 _PRELUDE = '''
@@ -270,6 +274,13 @@ def to_source(arch, class_name_: str | None = None) -> str:
             args = [var[i] for i in ins]
             module = _access(name) if d["op"] in MODULES else None
             expr = EXPRS[d["op"]](module, d["attrs"], args)
+            first = ins[0] if ins else None
+            if first is not None and g.out_degree(first) == 1 and first not in outputs \
+                    and g.nodes[first]["op"] in _FRESH and ins.count(first) == 1:
+                if d["op"] == "relu":
+                    expr = f"F.relu({args[0]}, inplace=True)"
+                elif d["op"] == "add":
+                    expr = args[0] + "".join(f".add_({a})" for a in args[1:])
             consumed = ins
         for i in consumed:
             uses[i] -= 1

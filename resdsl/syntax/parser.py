@@ -30,7 +30,7 @@ def _grammar_path() -> Path:
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
     return Lark(_grammar_path().read_text(), parser="lalr", propagate_positions=True,
-                maybe_placeholders=True, start=["start", "expr"])
+                maybe_placeholders=True, start=["start", "expr"], cache=True)
 
 
 def _span(src: Source, meta_or_token) -> Span:
