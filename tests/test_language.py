@@ -194,3 +194,11 @@ def test_comments_and_statement_continuation():
                 -> conv2: conv(2, k=1)
         }""")
     assert list(arch.graph) == ["input", "conv1", "relu", "conv2"]
+
+
+def test_the_reference_pages_first_example_is_resnet18():
+    text = open("docs/language.md").read()
+    example = text.split("```\n", 2)[1]
+    arch = resdsl.loads(example, model="resnet18")
+    assert arch.num_params() == 11_689_512
+    assert "layer2.0.downsample.0" in arch.graph
