@@ -1,0 +1,56 @@
+"""TVM targets from names, with the host CPU's real vector extensions.
+
+LLVM's host-CPU guess is not enough: a virtual machine may report a CPU model (say
+znver4) whose AVX-512 the hypervisor hides, and code built for it dies with an illegal
+instruction. So the llvm target is chosen from the CPU flags the kernel reports.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from resdsl.errors import ResdslError
+
+# x86-64 micro-architecture levels (what LLVM's -mcpu=x86-64-vN enables) by required flags
+_LEVELS = [
+    ("x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}, 16),
+    ("x86-64-v3", {"avx2", "fma", "bmi2", "movbe"}, 8),
+    ("x86-64-v2", {"sse4_2", "popcnt", "ssse3"}, 4),
+]
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    mcpu: str
+    vector_lanes: int  # float32 lanes per SIMD register
+    cores: int
+
+
+def host_cpu() -> CpuInfo:
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for mcpu, need, lanes in _LEVELS:
+        if need <= flags:
+            return CpuInfo(mcpu, lanes, cores or 1)
+    return CpuInfo("x86-64", 4, cores or 1)
+
+
+def make_target(kind: str, arch: str | None = None):
+    """`llvm` (this machine's CPU) or `cuda` (arch sm_XX, default sm_90) as a tvm Target."""
+    import tvm
+    if kind == "llvm":
+        cpu = host_cpu()
+        return tvm.target.Target({"kind": "llvm", "mcpu": cpu.mcpu, "num-cores": cpu.cores})
+    if kind == "cuda":
+        return tvm.target.Target({"kind": "cuda", "arch": arch or "sm_90"},
+                                 host={"kind": "llvm", "mcpu": host_cpu().mcpu})
+    raise ResdslError(f"unknown target `{kind}`", hint="use llvm (CPU) or cuda (NVIDIA GPU)")
