@@ -155,6 +155,17 @@ LOWER: dict[str, Callable] = {
 }
 
 
+def _emit_plain(ctx, bb, name: str, values: dict, folds: dict) -> None:
+    g = ctx.g
+    d = g.nodes[name]
+    if d["op"] == "bn" and inputs_of(g, name)[0] in folds:
+        values[name] = values[inputs_of(g, name)[0]]
+        return
+    args = [values[i] for i in inputs_of(g, name)]
+    values[name] = bb.emit(LOWER[d["op"]](ctx, name, d["attrs"], args, folds),
+                           name_hint=name.replace(".", "_"))
+
+
 def _sum(ctx, xs):
     out = xs[0]
     for x in xs[1:]:
@@ -162,8 +173,92 @@ def _sum(ctx, xs):
     return out
 
 
-def lower(arch, weights: dict, batch: int = 1) -> Lowered:
-    """Lower a validated Arch with a state_dict (torch tensors or numpy arrays)."""
+@dataclass
+class _Fused:
+    """conv [-> folded bn] [-> add(other)] [-> relu], emitted as one kernel at `tail`."""
+
+    conv: str
+    members: list[str]
+    tail: str
+    residual: str | None
+    relu: bool
+
+
+def _fusions(g, folds: dict[str, str]) -> dict[str, _Fused]:
+    """Epilogues to fuse into each convolution, keyed by the pattern's last node."""
+    out: dict[str, _Fused] = {}
+    claimed: set[str] = set()
+    for name in topo_order(g):
+        if g.nodes[name]["op"] != "conv":
+            continue
+        members, last = [name], folds.get(name, name)
+        if last != name:
+            members.append(last)
+        residual = None
+        succ = list(g.successors(last))
+        if g.out_degree(last) == 1 and g.nodes[succ[0]]["op"] == "add" \
+                and g.in_degree(succ[0]) == 2 and last not in g.graph["outputs"] \
+                and succ[0] not in claimed:
+            add = succ[0]
+            others = [i for i in inputs_of(g, add) if i != last]
+            if len(others) == 1:
+                residual, last = others[0], add
+                members.append(add)
+                succ = list(g.successors(last))
+        relu = False
+        if g.out_degree(last) == 1 and g.nodes[succ[0]]["op"] == "relu" \
+                and last not in g.graph["outputs"] and succ[0] not in claimed:
+            last = succ[0]
+            members.append(last)
+            relu = True
+        claimed.update(members)
+        out[last] = _Fused(name, members, last, residual, relu)
+    return out
+
+
+def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: dict):
+    """Emit a fused convolution as a call to a hand-scheduled PrimFunc, or None when the
+    kernel does not fit this convolution."""
+    from tvm import relax
+
+    from resdsl.backends.tvm.kernels import conv_func, pack_weights, plan_conv
+    g = ctx.g
+    name = fused.conv
+    a = g.nodes[name]["attrs"]
+    (src,) = inputs_of(g, name)
+    cin, h, w = g.nodes[src]["shape"]
+    f, oh, ow = g.nodes[name]["shape"]
+    plan = plan_conv(f, cin, a.groups, ow, lanes)
+    if plan is None:
+        return None
+    wt = ctx.weight(f"{name}.weight")
+    b = ctx.weight(f"{name}.bias") if a.bias else np.zeros(f, np.float32)
+    bn = fused.members[1] if len(fused.members) > 1 and g.nodes[fused.members[1]]["op"] == "bn" \
+        else None
+    if bn is not None:
+        scale, shift = ctx.bn_affine(bn)
+        wt = wt * scale[:, None, None, None]
+        b = b * scale + shift
+    key = (ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups, plan,
+           fused.residual is not None, fused.relu)
+    if key not in cache:
+        func = conv_func(ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups, plan,
+                         fused.residual is not None, fused.relu, lanes)
+        fname = f"conv{len(cache)}_{f}x{cin}k{a.k}s{a.s}"
+        cache[key] = bb.add_func(func.with_attr("global_symbol", fname), fname)
+    args = [values[src], ctx.param(f"{name}.weight", pack_weights(wt, a.groups, plan)),
+            ctx.param(f"{name}.bias", b)]
+    if fused.residual is not None:
+        args.append(values[fused.residual])
+    return relax.call_tir(cache[key], args,
+                          relax.TensorType((ctx.batch, f, oh, ow), "float32"))
+
+
+def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None) -> Lowered:
+    """Lower a validated Arch with a state_dict (torch tensors or numpy arrays).
+
+    lanes: the host's float32 SIMD width; when given, convolutions (with their bias,
+    residual add and ReLU) become resdsl's hand-scheduled CPU kernels (llvm target)."""
     from tvm import relax
 
     from resdsl.weights import check_weights
@@ -181,10 +276,12 @@ def lower(arch, weights: dict, batch: int = 1) -> Lowered:
     in_shape = (batch, *arch.input_shape)
     x = relax.Var("x", relax.TensorType(in_shape, "float32"))
     folds = _folds(g)
+    fusions = _fusions(g, folds) if lanes else {}
+    inside = {m: f for f in fusions.values() for m in f.members if m != f.tail}
+    cache: dict = {}
     bb = relax.BlockBuilder()
     # parameters are created while lowering; build the body first, then the signature
     values: dict[str, Any] = {}
-    body = []
     with bb.function("main"):
         with bb.dataflow():
             for name in topo_order(g):
@@ -192,13 +289,16 @@ def lower(arch, weights: dict, batch: int = 1) -> Lowered:
                 if d["op"] == "input":
                     values[name] = x
                     continue
-                if d["op"] == "bn" and inputs_of(g, name)[0] in folds:
-                    values[name] = values[inputs_of(g, name)[0]]
+                if name in fusions:
+                    call = _emit_kernel(ctx, bb, fusions[name], values, lanes, cache)
+                    if call is not None:
+                        values[name] = bb.emit(call, name_hint=name.replace(".", "_"))
+                        continue
+                    for member in fusions[name].members[:-1]:   # kernel does not fit
+                        _emit_plain(ctx, bb, member, values, folds)
+                elif name in inside:
                     continue
-                args = [values[i] for i in inputs_of(g, name)]
-                values[name] = bb.emit(LOWER[d["op"]](ctx, name, d["attrs"], args, folds),
-                                       name_hint=name.replace(".", "_"))
-                body.append(name)
+                _emit_plain(ctx, bb, name, values, folds)
             out = bb.emit_output(values[g.graph["outputs"][0]])
         names = list(ctx.params)
         bb.emit_func_output(out, params=[x] + [ctx.vars[n] for n in names])
