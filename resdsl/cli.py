@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any, Sequence
 
 from resdsl.errors import ResdslError
@@ -104,8 +105,68 @@ def cmd_compile(args: argparse.Namespace) -> int:
         else:
             print(f"wrote {out} (class {_class_name(arch.name)})")
         return 0
-    from resdsl.backends.tvm_cli import compile_command  # noqa: PLC0415
-    return compile_command(arch, args, weights)
+    from resdsl.backends.tvm.artifact import build, write_artifact
+    out = args.output or os.path.join("build", f"{arch.name}-{args.target}")
+    if os.path.exists(out) and not args.force:
+        raise ResdslError(f"{out} exists; not overwriting it",
+                          hint="pass --force to replace it, or choose another -o")
+    t = time.perf_counter()
+    built = build(arch, args.target, weights=weights, batch=args.batch, db=args.db,
+                  seed=args.seed, cuda_arch=args.cuda_arch, weights_source=args.weights)
+    path = write_artifact(built, out, force=args.force)
+    print(f"wrote {path}/ ({arch.name}, {args.target}, batch {args.batch}, "
+          f"{time.perf_counter() - t:.1f} s)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from resdsl.backends.tvm.artifact import load_artifact
+    art = load_artifact(args.artifact)
+    if args.input:
+        try:
+            x = np.load(args.input)
+        except (OSError, ValueError) as err:
+            raise ResdslError(f"{args.input}: cannot read it as a .npy array ({err})") from None
+        if x.ndim == len(art.input_shape) - 1:
+            x = x[None]
+    else:
+        x = np.random.default_rng(0).standard_normal(art.input_shape, dtype=np.float32)
+    y = art(x)
+    meta = art.metadata
+    print(f"{meta['model']} ({meta['target']}, batch {meta['batch']}): input "
+          f"{list(x.shape)} {'from ' + args.input if args.input else '(random, seed 0)'}")
+    for i, row in enumerate(y.reshape(y.shape[0], -1)):
+        top = np.argsort(-row)[:5]
+        print(f"  sample {i}: top-5 " + ", ".join(f"{k}: {row[k]:.4f}" for k in top))
+    if args.output:
+        from resdsl.atomic import write_bytes
+        import io
+        buf = io.BytesIO()
+        np.save(buf, y)
+        write_bytes(args.output, buf.getvalue())
+        print(f"  outputs {list(y.shape)} written to {args.output}")
+    stats = art.benchmark(x, repeats=args.repeats)
+    print(f"latency: median {stats['median_ms']:.2f} ms, min {stats['min_ms']:.2f} ms over "
+          f"{stats['repeats']} runs")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from resdsl.backends.tvm.tune import tune
+    arch = _load(args.spec, args)
+    weights = None
+    if args.weights:
+        from resdsl.weights import load_weights
+        weights = load_weights(args.weights)
+    t = time.perf_counter()
+    report = tune(arch, args.target, args.trials, args.db, batch=args.batch, weights=weights,
+                  rpc=args.rpc, cuda_arch=args.cuda_arch, progress=not args.quiet)
+    print(f"tuned {report.tasks} tasks, {report.trials} trials, in "
+          f"{time.perf_counter() - t:.0f} s; records in {report.db}/ "
+          f"(use: resdsl compile {args.spec} --target {args.target} --db {report.db})")
+    return 0
 
 
 def _class_name(name: str) -> str:
@@ -152,8 +213,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="FILE",
                    help="a state_dict (.pt/.pth) or .safetensors file to check and ship")
     p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="batch size the TVM artifact is compiled for (default 1)")
+    p.add_argument("--db", metavar="DIR", help="tuning database from `resdsl tune` to use")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initialisation when no --weights are given (default 0; "
+                        "the same weights as to_torch(seed=...))")
+    p.add_argument("--cuda-arch", default=None, metavar="SM",
+                   help="CUDA architecture for --target cuda (default sm_90)")
     _spec_options(p)
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="load a TVM artifact, run it, print outputs and latency",
+                       description="Load an artifact directory (checking that its target, "
+                                   "tvm version and files match this machine), run it on "
+                                   "--input or a seeded random batch, print the top-5 outputs "
+                                   "per sample and the latency.")
+    p.add_argument("artifact", metavar="DIR")
+    p.add_argument("--input", metavar="FILE.npy",
+                   help="input batch [N, C, H, W] (or one sample [C, H, W])")
+    p.add_argument("--output", metavar="FILE.npy", help="also save the outputs")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs (default 10)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("tune", help="MetaSchedule tuning into a database compile --db reuses",
+                       description="Search kernel schedules with MetaSchedule; the database "
+                                   "in --db is created or resumed, and `compile --db` uses "
+                                   "it. For cuda without a local GPU pass --rpc.")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--target", required=True, choices=["llvm", "cuda"])
+    p.add_argument("--trials", type=int, required=True, metavar="N",
+                   help="measurement trials in all (spread over the tasks)")
+    p.add_argument("--db", required=True, metavar="DIR", help="database directory")
+    p.add_argument("--batch", type=int, default=1, metavar="N")
+    p.add_argument("--weights", metavar="FILE", help="weights (only shapes matter for tuning)")
+    p.add_argument("--rpc", metavar="HOST:PORT:KEY",
+                   help="TVM RPC tracker and device key that measure candidates remotely")
+    p.add_argument("--cuda-arch", default=None, metavar="SM")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _spec_options(p)
+    p.set_defaults(func=cmd_tune)
     return parser
 
 

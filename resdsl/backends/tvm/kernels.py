@@ -90,8 +90,10 @@ def pack_weights(w: np.ndarray, groups: int, plan: ConvPlan) -> np.ndarray:
 
 
 def conv_func(n: int, cin: int, h: int, w: int, f: int, k: int, s: int, p: int, d: int,
-              groups: int, plan: ConvPlan, residual: bool, relu: bool, lanes: int):
-    """A scheduled PrimFunc main(data, wp, bias, [residual], out)."""
+              groups: int, plan: ConvPlan, residual: bool, relu: bool, lanes: int,
+              schedule: bool = True):
+    """A PrimFunc main(data, wp, bias, [residual], out); scheduled by hand unless
+    `schedule` is false (then it is left for MetaSchedule to tune)."""
     from tvm import s_tir, te, tirx
 
     oh = (h + 2 * p - d * (k - 1) - 1) // s + 1
@@ -130,7 +132,15 @@ def conv_func(n: int, cin: int, h: int, w: int, f: int, k: int, s: int, p: int, 
         return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
     out = te.compute((n, f, oh, ow), epilogue, name="out")
     func = te.create_prim_func(inputs + [out])
+    if not schedule:
+        return func
+    return schedule_conv(func, plan, p, f)
 
+
+def schedule_conv(func, plan: ConvPlan, p: int, f: int):
+    """Register-blocked schedule of the compute `conv_func` builds."""
+    from tvm import s_tir
+    fb, xt = plan.fb, plan.xt
     sch = s_tir.Schedule(func)
     b_acc, b_out = sch.get_sblock("acc"), sch.get_sblock("out")
     bn, bf, by, bx = sch.get_loops(b_out)

@@ -15,6 +15,8 @@ transposed), so an artifact's weights file holds exactly what its kernels read.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -216,7 +218,8 @@ def _fusions(g, folds: dict[str, str]) -> dict[str, _Fused]:
     return out
 
 
-def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: dict):
+def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: dict,
+                 tunable: bool = False):
     """Emit a fused convolution as a call to a hand-scheduled PrimFunc, or None when the
     kernel does not fit this convolution."""
     from tvm import relax
@@ -242,10 +245,16 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     key = (ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups, plan,
            fused.residual is not None, fused.relu)
     if key not in cache:
-        func = conv_func(ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups, plan,
-                         fused.residual is not None, fused.relu, lanes)
+        conv_args = [ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups, plan,
+                     fused.residual is not None, fused.relu, lanes]
+        func = conv_func(*conv_args, schedule=not tunable)
         fname = f"conv{len(cache)}_{f}x{cin}k{a.k}s{a.s}"
-        cache[key] = bb.add_func(func.with_attr("global_symbol", fname), fname)
+        func = func.with_attr("global_symbol", fname)
+        if tunable:
+            # opaque: fusion leaves it whole, so a hand schedule still applies if untuned
+            func = func.with_attr("op_pattern", 8).with_attr(
+                "resdsl.kernel", json.dumps([a.p, f, dataclasses.asdict(plan)]))
+        cache[key] = bb.add_func(func, fname)
     args = [values[src], ctx.param(f"{name}.weight", pack_weights(wt, a.groups, plan)),
             ctx.param(f"{name}.bias", b)]
     if fused.residual is not None:
@@ -254,11 +263,13 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
                           relax.TensorType((ctx.batch, f, oh, ow), "float32"))
 
 
-def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None) -> Lowered:
+def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
+          tunable: bool = False) -> Lowered:
     """Lower a validated Arch with a state_dict (torch tensors or numpy arrays).
 
     lanes: the host's float32 SIMD width; when given, convolutions (with their bias,
-    residual add and ReLU) become resdsl's hand-scheduled CPU kernels (llvm target)."""
+    residual add and ReLU) become resdsl's hand-scheduled CPU kernels (llvm target);
+    tunable: leave those kernels unscheduled, for MetaSchedule."""
     from tvm import relax
 
     from resdsl.weights import check_weights
@@ -290,7 +301,8 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None) -> Lowe
                     values[name] = x
                     continue
                 if name in fusions:
-                    call = _emit_kernel(ctx, bb, fusions[name], values, lanes, cache)
+                    call = _emit_kernel(ctx, bb, fusions[name], values, lanes, cache,
+                                        tunable)
                     if call is not None:
                         values[name] = bb.emit(call, name_hint=name.replace(".", "_"))
                         continue

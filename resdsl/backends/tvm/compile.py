@@ -1,0 +1,39 @@
+"""Relax module -> executable: resdsl's CPU kernels, TVM's GPU schedules, tuning records.
+
+- llvm: convolutions become resdsl's hand-scheduled kernels (`kernels.py`); with a
+  tuning database, kernels that were tuned use the best record found instead.
+- cuda: the default GPU pipeline (legalization, fusion, dlight schedules with thread
+  bindings); with a tuning database, its records replace the default schedules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resdsl.errors import ResdslError
+
+
+def lower_for(arch, weights: dict, target, batch: int, tunable: bool = False):
+    from resdsl.backends.tvm.lower import lower
+    from resdsl.backends.tvm.target import host_cpu
+    lanes = host_cpu().vector_lanes if target.kind.name == "llvm" else None
+    return lower(arch, weights, batch=batch, lanes=lanes, tunable=tunable)
+
+
+def compile_module(arch, weights: dict, target, batch: int = 1, db: str | None = None):
+    """Lower and compile; returns (executable, Lowered)."""
+    import tvm
+    from tvm import relax
+
+    lowered = lower_for(arch, weights, target, batch, tunable=db is not None)
+    mod = lowered.mod
+    if db is not None:
+        from resdsl.backends.tvm.tune import apply_database
+        if not Path(db).is_dir():
+            raise ResdslError(f"{db}: no such tuning database",
+                              hint="create one with `resdsl tune SPEC --db DIR`")
+        mod = apply_database(mod, target, db, lowered)
+    with target:
+        ex = tvm.compile(mod, target=target)
+    del relax
+    return ex, lowered

@@ -1,0 +1,134 @@
+"""MetaSchedule tuning over a model's kernels, with a database on disk.
+
+`resdsl tune SPEC --target llvm --trials N --db DIR` extracts the model's tasks (for
+llvm: resdsl's convolution kernels, unscheduled, plus the fused remaining operators;
+for cuda: the fused operators of the default GPU lowering), searches schedules with
+MetaSchedule, and records the best in DIR. Running it again with the same DIR resumes:
+the records are kept and the search starts from them. `resdsl compile --db DIR` uses the
+records; a kernel without one keeps resdsl's hand schedule (llvm) or dlight's (cuda).
+
+Tuning measures candidates on the target: for cuda on a machine without a GPU, pass an
+RPC tracker that has a GPU server registered (docs/tvm.md has the commands).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resdsl.errors import ResdslError
+
+
+def prepare(mod, target):
+    """The passes that make the tasks: legalize, annotate, fuse. Tuning and applying a
+    database run the same ones, so the tasks match the records."""
+    import tvm
+    from tvm import relax
+    seq = tvm.transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ])
+    with target:
+        return seq(mod)
+
+
+def _hand_schedule_untuned(mod):
+    """Give resdsl's kernels that the database had no record for their hand schedule."""
+    from tvm import tirx
+
+    from resdsl.backends.tvm.kernels import ConvPlan, schedule_conv
+    for gvar, func in list(mod.functions.items()):
+        if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
+            continue
+        if "resdsl.kernel" not in func.attrs or "tirx.is_scheduled" in func.attrs:
+            continue
+        p, f, plan = json.loads(str(func.attrs["resdsl.kernel"]))
+        scheduled = schedule_conv(func, ConvPlan(**plan), p, f)
+        mod[gvar] = scheduled
+    return mod
+
+
+def apply_database(mod, target, db: str, lowered: Any = None):
+    """Compile-ready module with the database's records applied."""
+    import tvm
+    from tvm import relax
+    mod = prepare(mod, target)
+    with target, tvm.transform.PassContext(opt_level=3):
+        mod = relax.transform.MetaScheduleApplyDatabase(str(db))(mod)
+    return _hand_schedule_untuned(mod)
+
+
+@dataclass
+class TuneReport:
+    tasks: int
+    trials: int
+    db: str
+
+
+def _progress_callback(total: int, enabled: bool):
+    import tvm.s_tir.meta_schedule as ms
+    from tqdm import tqdm
+    from tvm.ir.utils import derived_object
+
+    bar = tqdm(total=total, desc="tuning", unit="trial", disable=not enabled)
+
+    @derived_object
+    class Progress(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results) -> None:
+            bar.update(len(runner_results))
+
+    return Progress(), bar
+
+
+def tune(arch, target_kind: str, trials: int, db: str, *, batch: int = 1,
+         weights: dict | None = None, rpc: str | None = None, cuda_arch: str | None = None,
+         progress: bool = True, trials_per_task: int | None = None) -> TuneReport:
+    """Tune the model's kernels; the records go to (and resume from) `db`."""
+    import tvm
+    import tvm.s_tir.meta_schedule as ms
+
+    from resdsl.backends.tvm.artifact import default_weights
+    from resdsl.backends.tvm.compile import lower_for
+    from resdsl.backends.tvm.target import make_target
+
+    if trials < 1:
+        raise ResdslError(f"--trials must be at least 1, got {trials}")
+    target = make_target(target_kind, cuda_arch)
+    runner: Any = "local"
+    if target_kind == "cuda":
+        if rpc is None:
+            if not tvm.cuda(0).exist:
+                raise ResdslError("tuning for cuda measures candidates on a GPU, and there "
+                                  "is none here",
+                                  hint="pass --rpc HOST:PORT:KEY of a TVM RPC tracker with a "
+                                       "GPU server (docs/tvm.md), or tune --target llvm")
+        else:
+            try:
+                host, port, key = rpc.rsplit(":", 2)
+                runner = ms.runner.RPCRunner(ms.runner.RPCConfig(host, int(port), key))
+            except ValueError:
+                raise ResdslError(f"--rpc {rpc!r}: expected HOST:PORT:KEY") from None
+    weights = weights if weights is not None else default_weights(arch)
+    lowered = lower_for(arch, weights, target, batch, tunable=True)
+    mod = prepare(lowered.mod, target)
+    Path(db).mkdir(parents=True, exist_ok=True)
+    callback, bar = _progress_callback(trials, progress)
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    try:
+        database = ms.relax_integration.tune_relax(
+            mod=mod, params={}, target=target, work_dir=str(db), max_trials_global=trials,
+            max_trials_per_task=trials_per_task, num_trials_per_iter=min(16, trials),
+            runner=runner,
+            measure_callbacks=ms.MeasureCallback.create("default") + [callback])
+    finally:
+        bar.close()
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    del database
+    return TuneReport(len(tasks), trials, str(db))

@@ -1,0 +1,204 @@
+"""TVM backend: llvm artifacts agree with the torch backend on every reference spec; cuda
+builds real kernels here; artifacts round-trip and refuse to run where they cannot."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import resdsl
+from resdsl.backends.tvm.artifact import build, device_source, load_artifact, write_artifact
+from resdsl.cli import main
+from tests.conftest import spec
+from tests.test_reference_specs import TORCHVISION
+
+tvm = pytest.importorskip("tvm", reason="apache-tvm is an optional extra: pip install -e .[tvm]")
+
+CIFAR = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
+         "preact_resnet164", "preact_resnet1001", "resnext29_8x64d", "densenet_bc_100_12"]
+FORMS = ["resnext_forms/resnext50_32x4d_a", "resnext_forms/resnext50_32x4d_b",
+         "resnext_forms/resnext50_32x4d_c"]
+
+
+def torch_model(arch, seed=0):
+    """The torch backend's module with non-trivial batch-norm statistics, so that folding
+    batch norm into convolutions is actually exercised."""
+    model = arch.to_torch(seed=seed).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=gen) - 0.5)
+    return model
+
+
+def check_agrees(arch, batch=2):
+    model = torch_model(arch)
+    built = build(arch, "llvm", weights=model.state_dict(), batch=batch)
+    from tvm import relax
+    vm = relax.VirtualMachine(built.executable, tvm.cpu())
+    x = np.random.default_rng(0).standard_normal((batch, *arch.input_shape), dtype=np.float32)
+    params = [tvm.runtime.tensor(built.params[n]) for n in built.param_names]
+    y = vm["main"](tvm.runtime.tensor(x), *params).numpy()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    rel = np.abs(y - ref).max() / np.abs(ref).max()
+    assert rel <= 1e-4, rel
+
+
+@pytest.mark.parametrize("name", CIFAR)
+def test_llvm_agrees_with_torch_cifar(name):
+    check_agrees(resdsl.load(spec(name)))
+
+
+@pytest.mark.parametrize("name", TORCHVISION + FORMS)
+def test_llvm_agrees_with_torch_imagenet_reduced(name):
+    check_agrees(resdsl.load(spec(name), params={"size": 64}))
+
+
+def test_llvm_agrees_with_torch_resnet50_224():
+    check_agrees(resdsl.load(spec("resnet50")), batch=1)
+
+
+def test_artifact_round_trip_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "r20"
+    assert main(["compile", spec("resnet20"), "--target", "llvm", "-o", str(out),
+                 "--batch", "2", "--seed", "3"]) == 0
+    assert {p.name for p in out.iterdir()} == {"model.so", "weights.safetensors",
+                                               "metadata.json"}
+    meta = json.loads((out / "metadata.json").read_text())
+    arch = resdsl.load(spec("resnet20"))
+    assert meta["spec_hash"] == arch.spec_hash() and meta["batch"] == 2
+    assert meta["input_shape"] == [2, 3, 32, 32] and meta["target"] == "llvm"
+    assert meta["tvm_version"] == tvm.__version__
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(out), "--input", str(tmp_path / "x.npy"), "--output",
+                 str(tmp_path / "y.npy"), "--repeats", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "latency: median" in printed and "sample 1: top-5" in printed
+    ref = arch.to_torch(seed=3).eval()(torch.from_numpy(x)).detach().numpy()
+    y = np.load(tmp_path / "y.npy")
+    assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+    art = load_artifact(out)                         # and from Python
+    assert np.allclose(art(x), y)
+    # an existing artifact is not replaced without --force
+    assert main(["compile", spec("resnet20"), "--target", "llvm", "-o", str(out)]) == 1
+    assert "exists" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "r20"
+    write_artifact(build(resdsl.load(spec("resnet20")), "llvm"), out)
+    return out
+
+
+def copy(artifact, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(artifact, dst)
+    return dst
+
+
+def edit_meta(path, **changes):
+    meta = json.loads((path / "metadata.json").read_text())
+    meta.update(changes)
+    (path / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda p: edit_meta(p, tvm_version="0.19.0"), "built with tvm 0.19.0"),
+    (lambda p: edit_meta(p, target="cuda", cuda_arch="sm_90"), "no CUDA GPU is visible"),
+    (lambda p: edit_meta(p, cpu="x86-64-v9"), None),
+    (lambda p: (p / "model.so").unlink(), "model.so is missing"),
+    (lambda p: (p / "metadata.json").unlink(), "metadata.json is missing"),
+    (lambda p: (p / "weights.safetensors").write_bytes(b"x" * 10), "does not match"),
+])
+def test_artifact_mismatch_is_a_clear_error(artifact, tmp_path, change, message, capsys):
+    if message is None:           # an unknown, higher CPU level than this machine's
+        edit_meta(copy(artifact, tmp_path), cpu="x86-64-v4")
+        from resdsl.backends.tvm.target import host_cpu
+        if host_cpu().mcpu == "x86-64-v4":
+            pytest.skip("this CPU has AVX-512: every x86-64 level runs here")
+        message = "lacks its vector instructions"
+    else:
+        change(copy(artifact, tmp_path))
+    assert main(["run", str(tmp_path / "copy")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_wrong_input_shape_is_a_clear_error(artifact):
+    art = load_artifact(artifact)
+    with pytest.raises(resdsl.ResdslError, match=r"compiled for \[1, 3, 32, 32\]"):
+        art(np.zeros((2, 3, 32, 32), np.float32))
+
+
+@pytest.fixture(scope="module")
+def resnext_cuda():
+    return build(resdsl.load(spec("resnext50_32x4d")), "cuda")
+
+
+def test_cuda_artifact_for_resnext50_builds_with_conv_kernels(resnext_cuda, tmp_path):
+    source = device_source(resnext_cuda.executable, "cuda")
+    kernels = set(re.findall(r'__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(', source))
+    convs = {k for k in kernels if "conv2d" in k}
+    arch = resdsl.load(spec("resnext50_32x4d"))
+    distinct = {(d["attrs"], arch.graph.nodes[next(iter(arch.graph.predecessors(n)))]["shape"])
+                for n, d in arch.graph.nodes(data=True) if d["op"] == "conv"}
+    assert len(convs) >= len(distinct) - 8       # one kernel per distinct conv (+ epilogue)
+    for name in convs:                          # every kernel is bound to the GPU grid
+        body = source.split(f"void {name}(" if "__launch_bounds__" not in source
+                            else name + "(", 1)[1].split("\n}\n", 1)[0]
+        assert "threadIdx.x" in body and "blockIdx.x" in body, name
+    out = write_artifact(resnext_cuda, tmp_path / "rx50-cuda")
+    assert json.loads((out / "metadata.json").read_text())["target"] == "cuda"
+
+
+@pytest.mark.skipif(not tvm.cuda(0).exist, reason="no CUDA GPU on this machine: the cuda "
+                    "artifact is built and inspected above, running it needs a GPU")
+def test_cuda_artifact_runs_and_agrees_with_torch(resnext_cuda, tmp_path):
+    arch = resdsl.load(spec("resnext50_32x4d"))
+    out = write_artifact(resnext_cuda, tmp_path / "rx50-cuda")
+    art = load_artifact(out)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    ref = arch.to_torch(seed=0).eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(art(x) - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_tune_then_compile_with_the_database(tmp_path, capsys):
+    db = tmp_path / "db"
+    assert main(["tune", spec("resnet20"), "--target", "llvm", "--trials", "4", "--db",
+                 str(db), "-q"]) == 0
+    assert "tuned" in capsys.readouterr().out
+    records = (db / "database_tuning_record.json").read_text().splitlines()
+    assert records
+    # resuming keeps the records and adds new ones
+    assert main(["tune", spec("resnet20"), "--target", "llvm", "--trials", "4", "--db",
+                 str(db), "-q"]) == 0
+    assert len((db / "database_tuning_record.json").read_text().splitlines()) > len(records)
+    out = tmp_path / "tuned"
+    assert main(["compile", spec("resnet20"), "--target", "llvm", "--db", str(db), "-o",
+                 str(out)]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["tuning_db"] == str(db.resolve())
+    arch = resdsl.load(spec("resnet20"))
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
+    ref = arch.to_torch(seed=0).eval()(torch.from_numpy(x)).detach().numpy()
+    y = load_artifact(out)(x)
+    assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_tune_cuda_without_a_gpu_asks_for_rpc(tmp_path, capsys):
+    if tvm.cuda(0).exist:
+        pytest.skip("a GPU is present: cuda tuning runs locally")
+    assert main(["tune", spec("resnet20"), "--target", "cuda", "--trials", "4", "--db",
+                 str(tmp_path / "db")]) == 1
+    assert "--rpc" in capsys.readouterr().err
