@@ -138,10 +138,17 @@ def conv_func(n: int, cin: int, h: int, w: int, f: int, k: int, s: int, p: int, 
 
 
 def schedule_conv(func, plan: ConvPlan, p: int, f: int):
-    """Register-blocked schedule of the compute `conv_func` builds."""
+    """Register-blocked schedule of the compute `conv_func` builds: the scheduled
+    PrimFunc."""
     from tvm import s_tir
-    fb, xt = plan.fb, plan.xt
     sch = s_tir.Schedule(func)
+    apply_conv_schedule(sch, plan, p, f)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def apply_conv_schedule(sch, plan: ConvPlan, p: int, f: int) -> None:
+    """The schedule steps, on a Schedule (so that its trace can seed a tuning database)."""
+    fb, xt = plan.fb, plan.xt
     b_acc, b_out = sch.get_sblock("acc"), sch.get_sblock("out")
     bn, bf, by, bx = sch.get_loops(b_out)
     fo, fi = sch.split(bf, [None, fb])  # a tail past f (padded channels) is guarded
@@ -160,4 +167,3 @@ def schedule_conv(func, plan: ConvPlan, p: int, f: int):
         b_pad = sch.get_sblock("pad")
         pl = sch.get_loops(b_pad)
         sch.parallel(sch.fuse(pl[0], pl[1]))
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)

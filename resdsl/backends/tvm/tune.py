@@ -64,6 +64,48 @@ def apply_database(mod, target, db: str, lowered: Any = None):
     return _hand_schedule_untuned(mod)
 
 
+def _time_function(mod, target, repeats: int = 20) -> float:
+    """Median seconds of one call of mod["main"] on random arguments."""
+    import numpy as np
+    import tvm
+    import tvm.s_tir.meta_schedule as ms
+    lib = tvm.compile(mod, target=target)
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.standard_normal([int(d) for d in info.shape],
+                                                   dtype=np.float32))
+            for info in ms.arg_info.ArgInfo.from_prim_func(mod["main"])]
+    timer = lib.mod.time_evaluator("main", tvm.cpu(), number=repeats, repeat=3)
+    return float(timer(*args).median)
+
+
+def seed_hand_schedules(mod, target, database) -> int:
+    """Record resdsl's hand schedule of every kernel task (with its measured time) in the
+    database, unless the database already holds a record for it. The search then starts
+    from these, and `compile --db` never picks a record slower than the hand schedule."""
+    import tvm.s_tir.meta_schedule as ms
+    from tvm import s_tir
+
+    from resdsl.backends.tvm.kernels import ConvPlan, apply_conv_schedule
+    seeded = 0
+    for task in ms.relax_integration.extract_tasks(mod, target):
+        workload_mod = task.dispatched[0]
+        func = workload_mod["main"]
+        if func.attrs is None or "resdsl.kernel" not in func.attrs:
+            continue
+        if database.has_workload(workload_mod):
+            continue
+        p, f, plan = json.loads(str(func.attrs["resdsl.kernel"]))
+        sch = s_tir.Schedule(workload_mod)
+        apply_conv_schedule(sch, ConvPlan(**plan), p, f)
+        secs = _time_function(sch.mod, target)
+        workload = database.commit_workload(workload_mod)
+        database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, workload, [secs], target,
+            ms.arg_info.ArgInfo.from_prim_func(func)))
+        seeded += 1
+    return seeded
+
+
 @dataclass
 class TuneReport:
     tasks: int
@@ -119,13 +161,16 @@ def tune(arch, target_kind: str, trials: int, db: str, *, batch: int = 1,
     lowered = lower_for(arch, weights, target, batch, tunable=True)
     mod = prepare(lowered.mod, target)
     Path(db).mkdir(parents=True, exist_ok=True)
+    database = ms.database.JSONDatabase(work_dir=str(db))
+    if target_kind == "llvm":
+        seed_hand_schedules(mod, target, database)
     callback, bar = _progress_callback(trials, progress)
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     try:
         database = ms.relax_integration.tune_relax(
             mod=mod, params={}, target=target, work_dir=str(db), max_trials_global=trials,
             max_trials_per_task=trials_per_task, num_trials_per_iter=min(16, trials),
-            runner=runner,
+            runner=runner, database=database,
             measure_callbacks=ms.MeasureCallback.create("default") + [callback])
     finally:
         bar.close()
