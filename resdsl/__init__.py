@@ -15,7 +15,7 @@ from typing import Any
 from resdsl.arch import Arch
 from resdsl.errors import ResdslError
 
-__all__ = ["Arch", "ResdslError", "load", "loads", "__version__"]
+__all__ = ["Arch", "ResdslError", "load", "load_artifact", "loads", "__version__"]
 __version__ = "0.1.0"
 
 
@@ -63,3 +63,11 @@ def load(path: str | Path, *, model: str | None = None,
         raise ResdslError(f"{path}: cannot read it as a spec ({err.__class__.__name__})") \
             from None
     return loads(text, str(path), model=model, params=params, base_dir=p.parent)
+
+
+def load_artifact(path: str | Path):
+    """Load a TVM artifact directory written by `resdsl compile --target llvm|cuda`;
+    raises ResdslError saying what does not match this machine (target, tvm version,
+    files). Call the result on a numpy batch."""
+    from resdsl.backends.tvm.artifact import load_artifact as _load
+    return _load(path)

@@ -44,6 +44,20 @@ def _spec_options(p: argparse.ArgumentParser) -> None:
                    help="set a model parameter, e.g. -D classes=10 -D size=64")
 
 
+def _weights(arch, path: str | None) -> dict | None:
+    """The weights file at `path`, checked against the spec by name and shape."""
+    if not path:
+        return None
+    from resdsl.weights import check_weights, load_weights
+    weights = load_weights(path)
+    report = check_weights(arch, weights)
+    if not report.ok:
+        raise ResdslError(report.render(path),
+                          hint="the file's tensors must be the spec's parameters and "
+                               "buffers (see `resdsl inspect SPEC --json`)")
+    return weights
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     status = 0
     for path in args.specs:
@@ -61,12 +75,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     arch = _load(args.spec, args)
-    if args.weights:
-        from resdsl.weights import check_weights, load_weights
-        report = check_weights(arch, load_weights(args.weights))
-        if not report.ok:
-            print(report.render(args.weights), file=sys.stderr)
-            return 1
+    _weights(arch, args.weights)
     if args.json:
         print(json.dumps(arch.to_json(args.depth), indent=1))
     else:
@@ -76,14 +85,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     arch = _load(args.spec, args)
-    weights = None
-    if args.weights:
-        from resdsl.weights import check_weights, load_weights
-        weights = load_weights(args.weights)
-        report = check_weights(arch, weights)
-        if not report.ok:
-            print(report.render(args.weights), file=sys.stderr)
-            return 1
+    weights = _weights(arch, args.weights)
     if args.target == "torch":
         from resdsl.atomic import write_text
         source = arch.torch_source()
@@ -156,10 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from resdsl.backends.tvm.tune import tune
     arch = _load(args.spec, args)
-    weights = None
-    if args.weights:
-        from resdsl.weights import load_weights
-        weights = load_weights(args.weights)
+    weights = _weights(arch, args.weights)
     t = time.perf_counter()
     report = tune(arch, args.target, args.trials, args.db, batch=args.batch, weights=weights,
                   rpc=args.rpc, cuda_arch=args.cuda_arch, progress=not args.quiet)

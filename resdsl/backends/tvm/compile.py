@@ -23,17 +23,31 @@ def lower_for(arch, weights: dict, target, batch: int, tunable: bool = False):
 def compile_module(arch, weights: dict, target, batch: int = 1, db: str | None = None):
     """Lower and compile; returns (executable, Lowered)."""
     import tvm
-    from tvm import relax
 
+    from resdsl.backends.tvm.tune import apply_database, prepare
     lowered = lower_for(arch, weights, target, batch, tunable=db is not None)
     mod = lowered.mod
     if db is not None:
-        from resdsl.backends.tvm.tune import apply_database
         if not Path(db).is_dir():
             raise ResdslError(f"{db}: no such tuning database",
                               hint="create one with `resdsl tune SPEC --db DIR`")
         mod = apply_database(mod, target, db, lowered)
+    elif target.kind.name == "llvm":
+        mod = prepare(mod, target)
+    if target.kind.name == "llvm":
+        mod = _parallelize_rest(mod)
     with target:
         ex = tvm.compile(mod, target=target)
-    del relax
     return ex, lowered
+
+
+def _parallelize_rest(mod):
+    """Give every PrimFunc that is still unscheduled the generic parallel schedule."""
+    from tvm import tirx
+
+    from resdsl.backends.tvm.kernels import parallelize
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, tirx.PrimFunc) and not (
+                func.attrs is not None and "tirx.is_scheduled" in func.attrs):
+            mod[gvar] = parallelize(func)
+    return mod

@@ -167,3 +167,35 @@ def apply_conv_schedule(sch, plan: ConvPlan, p: int, f: int) -> None:
         b_pad = sch.get_sblock("pad")
         pl = sch.get_loops(b_pad)
         sch.parallel(sch.fuse(pl[0], pl[1]))
+
+
+def parallelize(func, min_parallel: int = 8):
+    """A schedule for the operators resdsl has no kernel for (pools, concatenations,
+    element-wise chains, the classifier): every top-level block's leading spatial loops are
+    fused and run in parallel, the innermost spatial loop of element-wise blocks is
+    vectorised. TVM's default CPU lowering runs them on one core."""
+    from tvm import s_tir, tirx
+    sch = s_tir.Schedule(func)
+    try:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:  # noqa: BLE001 - functions without a root block stay as they are
+        return func
+    for block in blocks:
+        loops = sch.get_loops(block)
+        if not loops:
+            continue
+        node = sch.get(block)
+        kinds = [iv.iter_type for iv in node.iter_vars]
+        if len(kinds) != len(loops):
+            continue
+        spatial = 0
+        extent = 1
+        while spatial < len(loops) and kinds[spatial] == tirx.IterVar.DataPar:
+            extent *= int(sch.get(loops[spatial]).extent)
+            spatial += 1
+            if extent >= min_parallel:
+                break
+        if spatial >= 1 and extent > 1:
+            fused = sch.fuse(*loops[:spatial]) if spatial > 1 else loops[0]
+            sch.parallel(fused)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
