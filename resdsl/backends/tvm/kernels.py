@@ -9,8 +9,9 @@ SIMD width:
                                                  * wp[f // FB, c, ky, kx, f % FB])
 
 The accumulator for FB output channels (one to three vector registers) by XT output
-columns lives in registers; FB x XT is chosen per layer so the accumulators fit in the
-16 registers AVX2 and AVX-512 have. Grouped convolutions whose groups are narrower than
+columns lives in registers; FB x XT is chosen per layer (`plan_conv`) so the accumulators
+fit in the vector registers, the output width padded up to a multiple of XT where that is
+cheaper. The epilogue writes each channel's XT columns as one vector. Grouped convolutions whose groups are narrower than
 FB are computed as block-diagonal dense blocks (`FB / group width` times the MACs of
 those, usually small, layers) so the same kernel serves ResNet, ResNeXt and DenseNet.
 """
@@ -21,7 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_ACCUMULATORS = 12
+
+def max_accumulators(lanes: int) -> int:
+    """Accumulator registers a tile may use: AVX2 has 16 vector registers (measured here:
+    12 accumulators spill, 8 do not), AVX-512 has 32."""
+    return 8 if lanes <= 8 else 16
 
 
 @dataclass(frozen=True)
@@ -29,11 +34,12 @@ class ConvPlan:
     """How one convolution is blocked: FB output channels by XT columns per tile."""
 
     fb: int             # output channels per block (multiple of the vector width)
-    xt: int             # output columns per tile (divides the output width)
+    xt: int             # output columns per tile
     cb: int             # input channels each block reads
     f_padded: int       # output channels rounded up to a multiple of fb
     group_width: int    # output channels per group
     blockdiag: bool     # several groups per block (block-diagonal weights)
+    ow_padded: int = 0  # output columns computed: the width rounded up to a multiple of xt
 
     def base(self, fo, cin_per_group: int):
         """First input channel read by block `fo` (a TE expression or an int)."""
@@ -45,9 +51,14 @@ class ConvPlan:
 
 
 def plan_conv(f: int, cin: int, groups: int, out_w: int, lanes: int) -> ConvPlan | None:
-    """Choose the blocking, or None when this kernel does not fit the convolution."""
+    """Choose the blocking, or None when this kernel does not fit the convolution.
+
+    Per step of the reduction a tile does XT * FB/lanes FMAs and XT + FB/lanes loads
+    (broadcast inputs, weight vectors), two of each per cycle at best; the chosen plan
+    minimises that time per useful multiply-accumulate, counting the work wasted on
+    padded channels, padded columns and block-diagonal zeros."""
     fg, cg = f // groups, cin // groups
-    candidates = []
+    best = None
     for mult in (1, 2, 3):
         fb = lanes * mult
         if groups == 1:
@@ -60,14 +71,16 @@ def plan_conv(f: int, cin: int, groups: int, out_w: int, lanes: int) -> ConvPlan
             continue
         waste = fpad / f * (fb // fg if blockdiag else 1)
         group_width = fpad if groups == 1 else fg
-        for xt in range(out_w, 0, -1):
-            if out_w % xt == 0 and xt * mult <= MAX_ACCUMULATORS:
-                candidates.append((waste, -xt * mult, -fb, ConvPlan(fb, xt, cb, fpad, group_width,
-                                                                   blockdiag)))
-                break
-    if not candidates:
-        return None
-    return min(candidates, key=lambda c: c[:3])[3]
+        for xt in range(1, min(out_w, max_accumulators(lanes) // mult) + 1):
+            owp = -(-out_w // xt) * xt
+            cycles = max(xt * mult, xt + mult) / 2
+            cost = cycles / (xt * mult) * waste * owp / out_w
+            if owp != out_w:
+                cost *= 1.1  # the epilogue's last tile of each row is guarded
+            key = (round(cost, 6), -fb, -xt)
+            if best is None or key < best[0]:
+                best = (key, ConvPlan(fb, xt, cb, fpad, group_width, blockdiag, owp))
+    return best[1] if best else None
 
 
 def pack_weights(w: np.ndarray, groups: int, plan: ConvPlan) -> np.ndarray:
@@ -99,14 +112,17 @@ def conv_func(n: int, cin: int, h: int, w: int, f: int, k: int, s: int, p: int, 
     oh = (h + 2 * p - d * (k - 1) - 1) // s + 1
     ow = (w + 2 * p - d * (k - 1) - 1) // s + 1
     fb, xt, cb = plan.fb, plan.xt, plan.cb
+    owp = plan.ow_padded or ow
     cg = cin // groups
     data = te.placeholder((n, cin, h, w), "float32", name="data")
     wp = te.placeholder((plan.f_padded // fb, cb, k, k, fb), "float32", name="wp")
     bias = te.placeholder((f,), "float32", name="bias")
     inputs = [data, wp, bias]
-    if p:
+    # columns read by the padded output width, zero beyond the input
+    need_w = max(w + 2 * p, (owp - 1) * s + d * (k - 1) + 1)
+    if p or need_w > w:
         pad = te.compute(
-            (n, cin, h + 2 * p, w + 2 * p),
+            (n, cin, h + 2 * p, need_w),
             lambda b, c, y, x: tirx.if_then_else(
                 tirx.all(y >= p, y < h + p, x >= p, x < w + p), data[b, c, y - p, x - p],
                 tirx.const(0.0, "float32")), name="pad")
@@ -116,7 +132,7 @@ def conv_func(n: int, cin: int, h: int, w: int, f: int, k: int, s: int, p: int, 
     ry = te.reduce_axis((0, k), "ry")
     rx = te.reduce_axis((0, k), "rx")
     acc = te.compute(
-        (n, plan.f_padded // fb, oh, ow, fb),
+        (n, plan.f_padded // fb, oh, owp, fb),
         lambda b, fo, y, x, fi: te.sum(
             pad[b, plan.base(fo, cg) + rc, y * s + ry * d, x * s + rx * d]
             * wp[fo, rc, ry, rx, fi], axis=[rc, ry, rx]), name="acc")
@@ -134,19 +150,19 @@ def conv_func(n: int, cin: int, h: int, w: int, f: int, k: int, s: int, p: int, 
     func = te.create_prim_func(inputs + [out])
     if not schedule:
         return func
-    return schedule_conv(func, plan, p, f)
+    return schedule_conv(func, plan, f)
 
 
-def schedule_conv(func, plan: ConvPlan, p: int, f: int):
+def schedule_conv(func, plan: ConvPlan, f: int):
     """Register-blocked schedule of the compute `conv_func` builds: the scheduled
     PrimFunc."""
     from tvm import s_tir
     sch = s_tir.Schedule(func)
-    apply_conv_schedule(sch, plan, p, f)
+    apply_conv_schedule(sch, plan, f)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def apply_conv_schedule(sch, plan: ConvPlan, p: int, f: int) -> None:
+def apply_conv_schedule(sch, plan: ConvPlan, f: int) -> None:
     """The schedule steps, on a Schedule (so that its trace can seed a tuning database)."""
     fb, xt = plan.fb, plan.xt
     b_acc, b_out = sch.get_sblock("acc"), sch.get_sblock("out")
@@ -163,8 +179,13 @@ def apply_conv_schedule(sch, plan: ConvPlan, p: int, f: int) -> None:
     sch.unroll(a_x)
     sch.vectorize(a_fi)
     sch.decompose_reduction(b_acc, a_rc)
-    if p:
-        b_pad = sch.get_sblock("pad")
+    # the epilogue writes NCHW rows: vectorise along the XT columns of each channel
+    o_x, o_f = sch.get_loops(b_out)[-2:]
+    sch.reorder(o_f, o_x)
+    sch.vectorize(o_x)
+    padded = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
+              if sch.get(b).name_hint == "pad"]
+    for b_pad in padded:
         pl = sch.get_loops(b_pad)
         sch.parallel(sch.fuse(pl[0], pl[1]))
 

@@ -249,11 +249,11 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
                      fused.residual is not None, fused.relu, lanes]
         func = conv_func(*conv_args, schedule=not tunable)
         fname = f"conv{len(cache)}_{f}x{cin}k{a.k}s{a.s}"
-        func = func.with_attr("global_symbol", fname)
+        # opaque (op_pattern 8): operator fusion leaves the kernel whole, so its schedule
+        # (or, when tuning, its hand schedule for untuned builds) still applies
+        func = func.with_attr("global_symbol", fname).with_attr("op_pattern", 8)
         if tunable:
-            # opaque: fusion leaves it whole, so a hand schedule still applies if untuned
-            func = func.with_attr("op_pattern", 8).with_attr(
-                "resdsl.kernel", json.dumps([a.p, f, dataclasses.asdict(plan)]))
+            func = func.with_attr("resdsl.kernel", json.dumps([f, dataclasses.asdict(plan)]))
         cache[key] = bb.add_func(func, fname)
     args = [values[src], ctx.param(f"{name}.weight", pack_weights(wt, a.groups, plan)),
             ctx.param(f"{name}.bias", b)]

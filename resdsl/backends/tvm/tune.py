@@ -48,8 +48,8 @@ def _hand_schedule_untuned(mod):
             continue
         if "resdsl.kernel" not in func.attrs or "tirx.is_scheduled" in func.attrs:
             continue
-        p, f, plan = json.loads(str(func.attrs["resdsl.kernel"]))
-        scheduled = schedule_conv(func, ConvPlan(**plan), p, f)
+        f, plan = json.loads(str(func.attrs["resdsl.kernel"]))
+        scheduled = schedule_conv(func, ConvPlan(**plan), f)
         mod[gvar] = scheduled
     return mod
 
@@ -94,9 +94,9 @@ def seed_hand_schedules(mod, target, database) -> int:
             continue
         if database.has_workload(workload_mod):
             continue
-        p, f, plan = json.loads(str(func.attrs["resdsl.kernel"]))
+        f, plan = json.loads(str(func.attrs["resdsl.kernel"]))
         sch = s_tir.Schedule(workload_mod)
-        apply_conv_schedule(sch, ConvPlan(**plan), p, f)
+        apply_conv_schedule(sch, ConvPlan(**plan), f)
         secs = _time_function(sch.mod, target)
         workload = database.commit_workload(workload_mod)
         database.commit_tuning_record(ms.database.TuningRecord(
