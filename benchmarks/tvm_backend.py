@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import platform
 import statistics
 import sys
@@ -85,9 +84,9 @@ def main() -> None:
             x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
             xt = torch.from_numpy(x)
             with torch.no_grad():
-                eager = median_ms(lambda: model(xt), args.repeats)
+                eager = median_ms(lambda m=model, a=xt: m(a), args.repeats)
             sess = ort_session(model, x)
-            ort_ms = median_ms(lambda: sess.run(None, {"x": x}), args.repeats)
+            ort_ms = median_ms(lambda s=sess, a=x: s.run(None, {"x": a}), args.repeats)
             out = ROOT / "build" / "bench" / f"{name}-b{batch}"
             write_artifact(build(arch, "llvm", weights=weights, batch=batch), out, force=True)
             untuned = load_artifact(out).benchmark(x, repeats=args.repeats)["median_ms"]
@@ -105,8 +104,8 @@ def main() -> None:
                        tuned=tuned, trials=trials)
             rows.append(row)
 
-            def cell(v):
-                return f"{v:7.1f} ({v / eager:4.2f}x)" if v is not None else "-"
+            def cell(v, base=eager):
+                return f"{v:7.1f} ({v / base:4.2f}x)" if v is not None else "-"
             print(f"{name:<17}{batch:>5} {eager:>9.1f} {cell(ort_ms):>14} {cell(untuned):>16} "
                   f"{cell(tuned):>15} {trials if trials is not None else '-':>7}", flush=True)
     out = ROOT / "build" / "bench" / "tvm_backend.json"
@@ -114,7 +113,6 @@ def main() -> None:
     out.write_text(json.dumps(rows, indent=1))
     print("(ratios are to PyTorch eager; trials = tuning records in the database, the hand "
           "schedules it was seeded with included)")
-    del os
 
 
 if __name__ == "__main__":

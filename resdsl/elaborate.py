@@ -13,6 +13,7 @@ The evaluation model, in short (docs/language.md has the full story):
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
@@ -534,8 +535,7 @@ class Elaborator:
         return v
 
     def b_auto(self, frame: Frame, base: str) -> str:
-        name = frame.namer.auto(base, self.b.g)
-        return name
+        return frame.namer.auto(base, self.b.g)
 
     # ================================================================ layers
     def apply(self, e: A.Expr, x: Tensor, frame: Frame, label: str | None = None,
@@ -650,7 +650,7 @@ class Elaborator:
                           frame.scope, frame.block, label_span)
 
     def op_attrs(self, op: OpDef, values, e: A.Call):
-        fields = [f for f in op.fields()]
+        fields = op.fields()
         names = [f.name for f in fields]
         kw: dict[str, Any] = {}
         pos = [v for v in values if v[0] is None]
@@ -678,7 +678,7 @@ class Elaborator:
         out = {}
         for f in fields:
             if f.name not in kw:
-                if f.default is dataclass_missing():
+                if f.default is dataclasses.MISSING:
                     raise ResdslError(f"`{op.name}` needs its argument `{f.name}`", e.span,
                                       hint=f"e.g. `{_example(op.name)}`")
                 continue
@@ -889,18 +889,12 @@ def _stride(attrs) -> int:
     return getattr(attrs, "stride", None) or getattr(attrs, "s", 1)
 
 
-def dataclass_missing():
-    import dataclasses
-    return dataclasses.MISSING
-
-
 def _is_model(defn) -> bool:
     return isinstance(defn, A.ModelAlias) or (isinstance(defn, A.BlockDef) and defn.is_model)
 
 
 def _refs(e) -> set[str]:
     """Names referenced anywhere inside an expression."""
-    import dataclasses
     out: set[str] = set()
     if isinstance(e, A.Ref):
         out.add(e.name)

@@ -15,7 +15,7 @@ def test_graph_inspection_facts():
     assert len(ex["skip_connections"](g)) == 16                 # 3 + 4 + 6 + 3 blocks
     path = ex["longest_path"](g)
     assert sum(g.nodes[n]["op"] in ("conv", "linear") for n in path) == 50
-    last, rf, stride = ex["receptive_field"](g)
+    _, rf, stride = ex["receptive_field"](g)
     assert (rf, stride) == (427, 32)        # ResNet-50's published theoretical receptive field
     dense = resdsl.load("specs/densenet121.arch").graph
     path = ex["longest_path"](dense)

@@ -203,3 +203,31 @@ def test_tune_cuda_without_a_gpu_asks_for_rpc(tmp_path, capsys):
     assert main(["tune", spec("resnet20"), "--target", "cuda", "--trials", "4", "--db",
                  str(tmp_path / "db")]) == 1
     assert "--rpc" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("f,cin,groups,width,lanes,expect", [
+    (64, 64, 1, 56, 8, dict(fb=16, xt=4, ow_padded=56, blockdiag=False)),
+    (512, 512, 1, 7, 8, dict(fb=8, xt=7, ow_padded=7)),          # 7 columns: one tile
+    (12, 48, 1, 32, 8, dict(f_padded=16)),                         # DenseNet-BC growth 12
+    (128, 128, 32, 56, 8, dict(fb=8, blockdiag=True, cb=8)),       # ResNeXt groups of 4
+    (256, 256, 32, 28, 8, dict(fb=8, blockdiag=False, cb=8)),      # groups of 8: one block
+    (64, 64, 1, 56, 16, dict(fb=32, xt=8)),                        # AVX-512: 16 lanes
+])
+def test_conv_plans(f, cin, groups, width, lanes, expect):
+    from resdsl.backends.tvm.kernels import max_accumulators, plan_conv
+    plan = plan_conv(f, cin, groups, width, lanes)
+    for key, value in expect.items():
+        assert getattr(plan, key) == value, (key, plan)
+    assert plan.fb % lanes == 0 and plan.ow_padded % plan.xt == 0
+    assert plan.xt * plan.fb // lanes <= max_accumulators(lanes)
+
+
+def test_block_diagonal_packing_matches_grouped_convolution():
+    from resdsl.backends.tvm.kernels import pack_weights, plan_conv
+    w = np.random.default_rng(0).standard_normal((16, 2, 3, 3), dtype=np.float32)  # 8 groups
+    plan = plan_conv(16, 16, 8, 8, 8)
+    packed = pack_weights(w, 8, plan)
+    assert plan.blockdiag and packed.shape == (2, 8, 3, 3, 8)
+    # output channel 5 (group 2) reads input channels 4 and 5 of its block only
+    assert np.array_equal(packed[0, 4:6, :, :, 5], w[5])
+    assert not packed[0, :4, :, :, 5].any() and not packed[0, 6:, :, :, 5].any()

@@ -103,15 +103,15 @@ def pack_weights(w: np.ndarray, groups: int, plan: ConvPlan) -> np.ndarray:
 
 
 def conv_func(n: int, cin: int, h: int, w: int, f: int, k: int, s: int, p: int, d: int,
-              groups: int, plan: ConvPlan, residual: bool, relu: bool, lanes: int,
+              groups: int, plan: ConvPlan, residual: bool, relu: bool,
               schedule: bool = True):
     """A PrimFunc main(data, wp, bias, [residual], out); scheduled by hand unless
     `schedule` is false (then it is left for MetaSchedule to tune)."""
-    from tvm import s_tir, te, tirx
+    from tvm import te, tirx
 
     oh = (h + 2 * p - d * (k - 1) - 1) // s + 1
     ow = (w + 2 * p - d * (k - 1) - 1) // s + 1
-    fb, xt, cb = plan.fb, plan.xt, plan.cb
+    fb, cb = plan.fb, plan.cb
     owp = plan.ow_padded or ow
     cg = cin // groups
     data = te.placeholder((n, cin, h, w), "float32", name="data")

@@ -245,9 +245,8 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     key = (ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups, plan,
            fused.residual is not None, fused.relu)
     if key not in cache:
-        conv_args = [ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups, plan,
-                     fused.residual is not None, fused.relu, lanes]
-        func = conv_func(*conv_args, schedule=not tunable)
+        func = conv_func(ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups, plan,
+                         fused.residual is not None, fused.relu, schedule=not tunable)
         fname = f"conv{len(cache)}_{f}x{cin}k{a.k}s{a.s}"
         # opaque (op_pattern 8): operator fusion leaves the kernel whole, so its schedule
         # (or, when tuning, its hand schedule for untuned builds) still applies
