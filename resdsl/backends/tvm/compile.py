@@ -31,7 +31,7 @@ def compile_module(arch, weights: dict, target, batch: int = 1, db: str | None =
         if not Path(db).is_dir():
             raise ResdslError(f"{db}: no such tuning database",
                               hint="create one with `resdsl tune SPEC --db DIR`")
-        mod = apply_database(mod, target, db, lowered)
+        mod = apply_database(mod, target, db)
     elif target.kind.name == "llvm":
         mod = prepare(mod, target)
     if target.kind.name == "llvm":

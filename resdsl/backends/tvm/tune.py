@@ -54,7 +54,7 @@ def _hand_schedule_untuned(mod):
     return mod
 
 
-def apply_database(mod, target, db: str, lowered: Any = None):
+def apply_database(mod, target, db: str):
     """Compile-ready module with the database's records applied."""
     import tvm
     from tvm import relax
@@ -167,7 +167,7 @@ def tune(arch, target_kind: str, trials: int, db: str, *, batch: int = 1,
     callback, bar = _progress_callback(trials, progress)
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     try:
-        database = ms.relax_integration.tune_relax(
+        ms.relax_integration.tune_relax(
             mod=mod, params={}, target=target, work_dir=str(db), max_trials_global=trials,
             max_trials_per_task=trials_per_task, num_trials_per_iter=min(16, trials),
             runner=runner, database=database,
@@ -175,5 +175,4 @@ def tune(arch, target_kind: str, trials: int, db: str, *, batch: int = 1,
     finally:
         bar.close()
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    del database
     return TuneReport(len(tasks), trials, str(db))
