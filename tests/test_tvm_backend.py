@@ -207,7 +207,8 @@ def test_tune_cuda_without_a_gpu_asks_for_rpc(tmp_path, capsys):
 
 @pytest.mark.parametrize("f,cin,groups,width,lanes,expect", [
     (64, 64, 1, 56, 8, dict(fb=16, xt=4, ow_padded=56, blockdiag=False)),
-    (512, 512, 1, 7, 8, dict(fb=8, xt=7, ow_padded=7)),          # 7 columns: one tile
+    (512, 512, 1, 7, 8, dict(fb=16, xt=4, ow_padded=8)),         # 7 columns: padded to 8
+    (256, 256, 1, 14, 8, dict(fb=16, xt=4, ow_padded=16)),       # not 16x2: FMA latency
     (12, 48, 1, 32, 8, dict(f_padded=16)),                         # DenseNet-BC growth 12
     (128, 128, 32, 56, 8, dict(fb=8, blockdiag=True, cb=8)),       # ResNeXt groups of 4
     (256, 256, 32, 28, 8, dict(fb=8, blockdiag=False, cb=8)),      # groups of 8: one block
@@ -220,6 +221,9 @@ def test_conv_plans(f, cin, groups, width, lanes, expect):
         assert getattr(plan, key) == value, (key, plan)
     assert plan.fb % lanes == 0 and plan.ow_padded % plan.xt == 0
     assert plan.xt * plan.fb // lanes <= max_accumulators(lanes)
+    if not plan.blockdiag and f >= 2 * lanes:
+        # enough independent accumulators to hide the FMA latency
+        assert plan.xt * plan.fb // lanes >= 7
 
 
 def test_block_diagonal_packing_matches_grouped_convolution():
@@ -231,3 +235,29 @@ def test_block_diagonal_packing_matches_grouped_convolution():
     # output channel 5 (group 2) reads input channels 4 and 5 of its block only
     assert np.array_equal(packed[0, 4:6, :, :, 5], w[5])
     assert not packed[0, :4, :, :, 5].any() and not packed[0, 6:, :, :, 5].any()
+
+
+def _threads_in_fresh_process(env_value):
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    if env_value is not None:
+        env["TVM_NUM_THREADS"] = env_value
+    code = ("import resdsl.backends.tvm, tvm; "
+            "from resdsl.backends.tvm.target import physical_cores; "
+            "print(tvm.runtime.num_threads(), physical_cores())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def test_runtime_uses_every_physical_core():
+    # TVM alone runs on half the logical CPUs of an x86 machine (1 of 2 cores here)
+    threads, cores = _threads_in_fresh_process(None)
+    assert threads == cores
+
+
+def test_runtime_threads_set_by_the_user_are_kept():
+    threads, _ = _threads_in_fresh_process("1")
+    assert threads == 1

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+FMA_LATENCY = 4  # cycles, on the x86 cores of the last decade
+
+
 def max_accumulators(lanes: int) -> int:
     """Accumulator registers a tile may use: AVX2 has 16 vector registers (measured here:
     12 accumulators spill, 8 do not), AVX-512 has 32."""
@@ -54,7 +57,8 @@ def plan_conv(f: int, cin: int, groups: int, out_w: int, lanes: int) -> ConvPlan
     """Choose the blocking, or None when this kernel does not fit the convolution.
 
     Per step of the reduction a tile does XT * FB/lanes FMAs and XT + FB/lanes loads
-    (broadcast inputs, weight vectors), two of each per cycle at best; the chosen plan
+    (broadcast inputs, weight vectors), two of each per cycle at best, and no faster than
+    one FMA latency per step (so at least 8 accumulators keep the units busy); the chosen plan
     minimises that time per useful multiply-accumulate, counting the work wasted on
     padded channels, padded columns and block-diagonal zeros."""
     fg, cg = f // groups, cin // groups
@@ -73,10 +77,10 @@ def plan_conv(f: int, cin: int, groups: int, out_w: int, lanes: int) -> ConvPlan
         group_width = fpad if groups == 1 else fg
         for xt in range(1, min(out_w, max_accumulators(lanes) // mult) + 1):
             owp = -(-out_w // xt) * xt
-            cycles = max(xt * mult, xt + mult) / 2
+            # two FMAs and two loads a cycle, and each accumulator waits for its previous
+            # FMA (latency 4): fewer than 8 accumulators leave the FMA units idle
+            cycles = max(xt * mult / 2, (xt + mult) / 2, FMA_LATENCY)
             cost = cycles / (xt * mult) * waste * owp / out_w
-            if owp != out_w:
-                cost *= 1.1  # the epilogue's last tile of each row is guarded
             key = (round(cost, 6), -fb, -xt)
             if best is None or key < best[0]:
                 best = (key, ConvPlan(fb, xt, cb, fpad, group_width, blockdiag, owp))

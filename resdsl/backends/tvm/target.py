@@ -3,6 +3,12 @@
 LLVM's host-CPU guess is not enough: a virtual machine may report a CPU model (say
 znver4) whose AVX-512 the hypervisor hides, and code built for it dies with an illegal
 instruction. So the llvm target is chosen from the CPU flags the kernel reports.
+
+The TVM runtime's thread pool has the same kind of blind spot: without TVM_NUM_THREADS it
+runs on half the logical CPUs of an x86 machine (it assumes two hyper-threads per core),
+so on a 2-core virtual machine without SMT every kernel ran on one core.
+`configure_threads` sets TVM_NUM_THREADS to the physical cores this process may use,
+before the pool starts; a value the user set is kept.
 """
 
 from __future__ import annotations
@@ -37,11 +43,39 @@ def host_cpu() -> CpuInfo:
                     break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = physical_cores()
     for mcpu, need, lanes in _LEVELS:
         if need <= flags:
             return CpuInfo(mcpu, lanes, cores or 1)
     return CpuInfo("x86-64", 4, cores or 1)
+
+
+def physical_cores() -> int:
+    """Cores (not hyper-threads) among the CPUs this process may run on."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if not cpus:
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topo = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{topo}/physical_package_id") as f1, open(f"{topo}/core_id") as f2:
+                cores.add((f1.read().strip(), f2.read().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
+
+
+def configure_threads() -> int:
+    """Make the TVM runtime use every physical core (unless TVM_NUM_THREADS is set);
+    returns the thread count. Must run before the first parallel kernel in the process
+    (the pool reads the variable once, when it starts)."""
+    value = os.environ.get("TVM_NUM_THREADS")
+    if value and value.strip().isdigit() and int(value) > 0:
+        return int(value)
+    n = physical_cores()
+    os.environ["TVM_NUM_THREADS"] = str(n)
+    return n
 
 
 def make_target(kind: str, arch: str | None = None):
