@@ -224,14 +224,21 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     kernel does not fit this convolution."""
     from tvm import relax
 
-    from resdsl.backends.tvm.kernels import conv_func, pack_weights, plan_conv
+    from resdsl.backends.tvm.kernels import conv_func, pack_weights, plan_conv, plan_pointwise
     g = ctx.g
     name = fused.conv
     a = g.nodes[name]["attrs"]
     (src,) = inputs_of(g, name)
     cin, h, w = g.nodes[src]["shape"]
     f, oh, ow = g.nodes[name]["shape"]
-    plan = plan_conv(f, cin, a.groups, ow, lanes)
+    # a 1x1 stride-1 convolution is a matrix product over the H*W pixels: computed on
+    # (zero-copy) reshaped views as one row of H*W columns
+    pointwise = a.k == 1 and a.s == 1 and a.p == 0 and h * w > ow
+    if pointwise:
+        plan = plan_pointwise(f, cin, a.groups, h * w, lanes)
+        h, w, oh, ow = 1, h * w, 1, h * w
+    else:
+        plan = plan_conv(f, cin, a.groups, ow, lanes)
     if plan is None:
         return None
     wt = ctx.weight(f"{name}.weight")
@@ -254,12 +261,18 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
         if tunable:
             func = func.with_attr("resdsl.kernel", json.dumps([f, dataclasses.asdict(plan)]))
         cache[key] = bb.add_func(func, fname)
-    args = [values[src], ctx.param(f"{name}.weight", pack_weights(wt, a.groups, plan)),
+    def view(value, channels):
+        if not pointwise:
+            return value
+        return bb.emit(relax.op.reshape(value, (ctx.batch, channels, 1, ow)))
+    args = [view(values[src], cin), ctx.param(f"{name}.weight", pack_weights(wt, a.groups, plan)),
             ctx.param(f"{name}.bias", b)]
     if fused.residual is not None:
-        args.append(values[fused.residual])
-    return relax.call_tir(cache[key], args,
-                          relax.TensorType((ctx.batch, f, oh, ow), "float32"))
+        args.append(view(values[fused.residual], f))
+    call = relax.call_tir(cache[key], args, relax.TensorType((ctx.batch, f, oh, ow), "float32"))
+    if pointwise:
+        call = relax.op.reshape(bb.emit(call), (ctx.batch, f) + tuple(g.nodes[name]["shape"][1:]))
+    return call
 
 
 def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
