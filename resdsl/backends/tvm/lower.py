@@ -218,6 +218,60 @@ def _fusions(g, folds: dict[str, str]) -> dict[str, _Fused]:
     return out
 
 
+@dataclass
+class _Concat:
+    """concat [-> bn] [-> relu], emitted as one copy kernel at `tail`."""
+
+    concat: str
+    bn: str | None
+    relu: str | None
+    tail: str
+
+
+def _concat_fusions(g, taken: set[str]) -> dict[str, _Concat]:
+    """Channel concatenations (DenseNet's, before every layer), with the batch norm and
+    ReLU that follow them, keyed by the pattern's last node."""
+    out: dict[str, _Concat] = {}
+    outputs = set(g.graph["outputs"])
+
+    def sole_successor(name: str, op: str) -> str | None:
+        succ = list(g.successors(name))
+        if len(succ) == 1 and g.nodes[succ[0]]["op"] == op and name not in outputs \
+                and succ[0] not in taken:
+            return succ[0]
+        return None
+    for name in topo_order(g):
+        if g.nodes[name]["op"] != "concat" or g.in_degree(name) < 2 or name in taken:
+            continue
+        bn = sole_successor(name, "bn")
+        relu = sole_successor(bn or name, "relu")
+        tail = relu or bn or name
+        out[tail] = _Concat(name, bn, relu, tail)
+    return out
+
+
+def _emit_concat(ctx: _Ctx, bb, fc: _Concat, values: dict, cache: dict):
+    from tvm import relax
+
+    from resdsl.backends.tvm.kernels import concat_func
+    g = ctx.g
+    parts = inputs_of(g, fc.concat)
+    channels = tuple(g.nodes[p]["shape"][0] for p in parts)
+    c, h, w = g.nodes[fc.concat]["shape"]
+    key = ("concat", ctx.batch, channels, h, w, fc.bn is not None, fc.relu is not None)
+    if key not in cache:
+        fname = f"concat{len(cache)}_{len(parts)}x{h}x{w}"
+        func = concat_func(ctx.batch, list(channels), h, w, fc.bn is not None,
+                           fc.relu is not None)
+        func = func.with_attr("global_symbol", fname).with_attr("op_pattern", 8)
+        cache[key] = bb.add_func(func, fname)
+    args = [values[p] for p in parts]
+    if fc.bn is not None:
+        scale, shift = ctx.bn_affine(fc.bn)
+        args += [ctx.param(f"{fc.bn}.scale", scale), ctx.param(f"{fc.bn}.shift", shift)]
+    return relax.call_tir(cache[key], args, relax.TensorType((ctx.batch, c, h, w), "float32"))
+
+
 def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: dict,
                  tunable: bool = False):
     """Emit a fused convolution as a call to a hand-scheduled PrimFunc, or None when the
@@ -301,6 +355,9 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
     folds = _folds(g)
     fusions = _fusions(g, folds) if lanes else {}
     inside = {m: f for f in fusions.values() for m in f.members if m != f.tail}
+    concats = _concat_fusions(g, set(inside) | set(fusions)) if lanes else {}
+    for fc in concats.values():
+        inside.update({m: fc for m in (fc.concat, fc.bn, fc.relu) if m and m != fc.tail})
     cache: dict = {}
     bb = relax.BlockBuilder()
     # parameters are created while lowering; build the body first, then the signature
@@ -320,6 +377,10 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
                         continue
                     for member in fusions[name].members[:-1]:   # kernel does not fit
                         _emit_plain(ctx, bb, member, values, folds)
+                elif name in concats:
+                    values[name] = bb.emit(_emit_concat(ctx, bb, concats[name], values, cache),
+                                           name_hint=name.replace(".", "_"))
+                    continue
                 elif name in inside:
                     continue
                 _emit_plain(ctx, bb, name, values, folds)
