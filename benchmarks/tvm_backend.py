@@ -33,6 +33,8 @@ from resdsl.backends.tvm.tune import tune  # noqa: E402
 
 
 def median_ms(fn, repeats: int, warmup: int = 2) -> float:
+    # let the previous runtime's worker threads stop spinning: they share the 2 cores
+    time.sleep(1.0)
     for _ in range(warmup):
         fn()
     times = []
@@ -89,6 +91,7 @@ def main() -> None:
             ort_ms = median_ms(lambda s=sess, a=x: s.run(None, {"x": a}), args.repeats)
             out = ROOT / "build" / "bench" / f"{name}-b{batch}"
             write_artifact(build(arch, "llvm", weights=weights, batch=batch), out, force=True)
+            time.sleep(1.0)
             untuned = load_artifact(out).benchmark(x, repeats=args.repeats)["median_ms"]
             db = ROOT / "tuning" / f"{name}-b{batch}-llvm"
             if not db.exists() and args.trials:
@@ -98,6 +101,7 @@ def main() -> None:
             if db.exists():
                 write_artifact(build(arch, "llvm", weights=weights, batch=batch, db=str(db)),
                                out, force=True)
+                time.sleep(1.0)
                 tuned = load_artifact(out).benchmark(x, repeats=args.repeats)["median_ms"]
                 trials = records(db)
             row = dict(model=name, batch=batch, eager=eager, ort=ort_ms, untuned=untuned,

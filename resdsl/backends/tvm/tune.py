@@ -164,15 +164,30 @@ def tune(arch, target_kind: str, trials: int, db: str, *, batch: int = 1,
     database = ms.database.JSONDatabase(work_dir=str(db))
     if target_kind == "llvm":
         seed_hand_schedules(mod, target, database)
+    tasks = tunable_tasks(mod, target)
     callback, bar = _progress_callback(trials, progress)
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     try:
         ms.relax_integration.tune_relax(
             mod=mod, params={}, target=target, work_dir=str(db), max_trials_global=trials,
             max_trials_per_task=trials_per_task, num_trials_per_iter=min(16, trials),
-            runner=runner, database=database,
+            runner=runner, database=database, op_names=tasks,
             measure_callbacks=ms.MeasureCallback.create("default") + [callback])
     finally:
         bar.close()
-    tasks = ms.relax_integration.extract_tasks(mod, target)
     return TuneReport(len(tasks), trials, str(db))
+
+
+def tunable_tasks(mod, target) -> list[str]:
+    """Names of the tasks worth searching: not the kernels resdsl writes already scheduled
+    (concatenations), not reshapes (the VM turns those into zero-copy views)."""
+    import tvm.s_tir.meta_schedule as ms
+    names = []
+    for task in ms.relax_integration.extract_tasks(mod, target):
+        func = task.dispatched[0]["main"]
+        if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+            continue
+        if task.task_name.startswith("reshape"):
+            continue
+        names.append(task.task_name)
+    return names
