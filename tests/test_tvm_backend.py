@@ -261,3 +261,30 @@ def test_runtime_uses_every_physical_core():
 def test_runtime_threads_set_by_the_user_are_kept():
     threads, _ = _threads_in_fresh_process("1")
     assert threads == 1
+
+
+def test_concat_kernel_matches_numpy():
+    from resdsl.backends.tvm.kernels import concat_func
+    from resdsl.backends.tvm.target import make_target
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal((2, c, 5, 7), dtype=np.float32) for c in (24, 12, 12)]
+    scale, shift = rng.standard_normal((2, 48), dtype=np.float32)
+    lib = tvm.compile(tvm.IRModule({"main": concat_func(2, [24, 12, 12], 5, 7, True, True)}),
+                      target=make_target("llvm"))
+    out = tvm.runtime.tensor(np.zeros((2, 48, 5, 7), np.float32))
+    lib["main"](*[tvm.runtime.tensor(a) for a in (*parts, scale, shift)], out)
+    ref = np.maximum(np.concatenate(parts, 1) * scale[:, None, None] + shift[:, None, None], 0)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_densenet_concatenations_are_copy_kernels():
+    from resdsl.backends.tvm.lower import lower
+    arch = resdsl.load(spec("densenet_bc_100_12"))
+    weights = arch.to_torch(seed=0).state_dict()
+    mod = lower(arch, weights, batch=1, lanes=8).mod
+    text = mod.script()
+    concats = [n for n, d in arch.graph.nodes(data=True)
+               if d["op"] == "concat" and arch.graph.in_degree(n) > 1]
+    calls = re.findall(r"R\.call_tir\(cls\.(concat\w+)", text)
+    assert len(calls) == len(concats) > 0
+    assert "R.concat(" not in text
