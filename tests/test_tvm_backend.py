@@ -214,17 +214,46 @@ def test_tune_cuda_without_a_gpu_asks_for_rpc(tmp_path, capsys):
     (128, 128, 32, 56, 8, dict(fb=8, blockdiag=True, cb=8)),       # ResNeXt groups of 4
     (256, 256, 32, 28, 8, dict(fb=8, blockdiag=False, cb=8)),      # groups of 8: one block
     (64, 64, 1, 56, 16, dict(fb=32, xt=8)),                        # AVX-512: 16 lanes
+    (128, 128, 32, 56, 16, dict(fb=8, blockdiag=True, cb=8)),      # half registers: less
+    (256, 256, 32, 28, 16, dict(fb=8, blockdiag=False, cb=8)),     # block-diagonal waste
+    (1024, 1024, 32, 7, 16, dict(fb=32, blockdiag=False)),
 ])
 def test_conv_plans(f, cin, groups, width, lanes, expect):
     from resdsl.backends.tvm.kernels import max_accumulators, plan_conv
     plan = plan_conv(f, cin, groups, width, lanes)
     for key, value in expect.items():
         assert getattr(plan, key) == value, (key, plan)
-    assert plan.fb % lanes == 0 and plan.ow_padded % plan.xt == 0
-    assert plan.xt * plan.fb // lanes <= max_accumulators(lanes)
+    assert plan.fb % lanes == 0 or (lanes == 16 and plan.fb == 8)
+    assert plan.ow_padded % plan.xt == 0
+    assert plan.xt * max(1, plan.fb // lanes) <= max_accumulators(lanes)
     if not plan.blockdiag and f >= 2 * lanes:
         # enough independent accumulators to hide the FMA latency
         assert plan.xt * plan.fb // lanes >= 7
+
+
+@pytest.mark.parametrize("groups", [32, 16])
+def test_half_register_plan_computes_the_grouped_convolution(groups):
+    """The 8-channel blocks chosen for AVX-512 hosts run on any x86-64 (256-bit vectors)."""
+    import torch
+
+    from resdsl.backends.tvm.kernels import conv_func, pack_weights, plan_conv
+    from resdsl.backends.tvm.target import make_target
+    cin = f = 128
+    plan = plan_conv(f, cin, groups, 14, 16)
+    assert plan.fb == 8 and plan.blockdiag == (groups == 32)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, cin, 14, 14), dtype=np.float32)
+    w = rng.standard_normal((f, cin // groups, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(f, dtype=np.float32)
+    func = conv_func(1, cin, 14, 14, f, 3, 1, 1, 1, groups, plan, False, True)
+    kernel = tvm.compile(tvm.IRModule({"main": func}), target=make_target("llvm")).jit()
+    dev = tvm.cpu(0)
+    out = tvm.runtime.tensor(np.zeros((1, f, 14, 14), np.float32), dev)
+    kernel["main"](*[tvm.runtime.tensor(a, dev) for a in (x, pack_weights(w, groups, plan), b)],
+                   out)
+    ref = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                                torch.from_numpy(b), padding=1, groups=groups))
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_block_diagonal_packing_matches_grouped_convolution():
