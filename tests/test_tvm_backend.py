@@ -318,3 +318,40 @@ def test_densenet_concatenations_are_copy_kernels():
     calls = re.findall(r"R\.call_tir\(cls\.(concat\w+)", text)
     assert len(calls) == len(concats) > 0
     assert "R.concat(" not in text
+
+
+@pytest.mark.parametrize("n,k,j,lanes,bias", [(1, 2048, 1000, 16, True), (8, 512, 1000, 8, True),
+                                              (3, 64, 10, 16, False)])
+def test_linear_kernel_matches_numpy(n, k, j, lanes, bias):
+    from resdsl.backends.tvm.kernels import linear_func, pack_linear, plan_linear
+    from resdsl.backends.tvm.target import make_target
+    plan = plan_linear(n, j, lanes)
+    assert plan.j_padded >= j and plan.j_padded % plan.jb == 0
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, k), dtype=np.float32)
+    w = rng.standard_normal((j, k), dtype=np.float32)
+    b = rng.standard_normal(j, dtype=np.float32)
+    lib = tvm.compile(tvm.IRModule({"main": linear_func(n, k, j, plan, bias)}),
+                      target=make_target("llvm"))
+    out = tvm.runtime.tensor(np.zeros((n, j), np.float32))
+    args = [x, pack_linear(w, plan)] + ([b] if bias else [])
+    lib["main"](*[tvm.runtime.tensor(a) for a in args], out)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64) + (b if bias else 0)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d"])
+def test_pointwise_views_fuse_into_no_copy_kernel(name):
+    """The 1x1 convolutions read their input through reshapes; chained reshapes must stay
+    one view, not become a fused kernel that copies the activation."""
+    from tvm import tirx
+
+    from resdsl.backends.tvm.lower import lower
+    from resdsl.backends.tvm.target import make_target
+    from resdsl.backends.tvm.tune import prepare
+    arch = resdsl.load(spec(name), params={"size": 64})
+    mod = prepare(lower(arch, arch.to_torch(seed=0).state_dict(), batch=1, lanes=16).mod,
+                  make_target("llvm"))
+    names = [g.name_hint for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)]
+    assert any(n.startswith("linear") for n in names)
+    assert [n for n in names if re.fullmatch(r"fused(_reshape\d*)+", n)] == []

@@ -276,6 +276,7 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
                  tunable: bool = False):
     """Emit a fused convolution as a call to a hand-scheduled PrimFunc, or None when the
     kernel does not fit this convolution."""
+    import tvm
     from tvm import relax
 
     from resdsl.backends.tvm.kernels import conv_func, pack_weights, plan_conv, plan_pointwise
@@ -318,7 +319,15 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     def view(value, channels):
         if not pointwise:
             return value
-        return bb.emit(relax.op.reshape(value, (ctx.batch, channels, 1, ow)))
+        # a view of a view is a view of its source: two chained reshapes would be fused
+        # into one kernel that copies
+        bound = bb.lookup_binding(value) if isinstance(value, relax.Var) else None
+        if isinstance(bound, relax.Call) and bound.op == tvm.ir.Op.get("relax.reshape"):
+            value = bound.args[0]
+        shape = (ctx.batch, channels, 1, ow)
+        if [int(v) for v in value.ty.shape] == list(shape):
+            return value
+        return bb.emit(relax.op.reshape(value, shape))
     args = [view(values[src], cin), ctx.param(f"{name}.weight", pack_weights(wt, a.groups, plan)),
             ctx.param(f"{name}.bias", b)]
     if fused.residual is not None:
@@ -327,6 +336,31 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     if pointwise:
         call = relax.op.reshape(bb.emit(call), (ctx.batch, f) + tuple(g.nodes[name]["shape"][1:]))
     return call
+
+
+def _emit_linear(ctx: _Ctx, bb, name: str, values: dict, lanes: int, cache: dict):
+    """The classifier as a call to resdsl's linear kernel (weights packed by blocks of
+    output features)."""
+    from tvm import relax
+
+    from resdsl.backends.tvm.kernels import linear_func, pack_linear, plan_linear
+    g = ctx.g
+    a = g.nodes[name]["attrs"]
+    (src,) = inputs_of(g, name)
+    (k,) = g.nodes[src]["shape"]
+    (j,) = g.nodes[name]["shape"]
+    plan = plan_linear(ctx.batch, j, lanes)
+    key = ("linear", ctx.batch, k, j, plan, bool(a.bias))
+    if key not in cache:
+        fname = f"linear{len(cache)}_{j}x{k}"
+        func = linear_func(ctx.batch, k, j, plan, bool(a.bias))
+        cache[key] = bb.add_func(func.with_attr("global_symbol", fname)
+                                 .with_attr("op_pattern", 8), fname)
+    args = [values[src], ctx.param(f"{name}.weight", pack_linear(ctx.weight(f"{name}.weight"),
+                                                                 plan))]
+    if a.bias:
+        args.append(ctx.param(f"{name}.bias", ctx.weight(f"{name}.bias")))
+    return relax.call_tir(cache[key], args, relax.TensorType((ctx.batch, j), "float32"))
 
 
 def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
@@ -382,6 +416,10 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
                                            name_hint=name.replace(".", "_"))
                     continue
                 elif name in inside:
+                    continue
+                elif lanes and d["op"] == "linear":
+                    values[name] = bb.emit(_emit_linear(ctx, bb, name, values, lanes, cache),
+                                           name_hint=name.replace(".", "_"))
                     continue
                 _emit_plain(ctx, bb, name, values, folds)
             out = bb.emit_output(values[g.graph["outputs"][0]])
