@@ -320,9 +320,9 @@ def linear_func(n: int, k: int, j: int, plan: LinearPlan, bias: bool):
 
 
 def parallelize(func, min_parallel: int = 8):
-    """A schedule for the operators resdsl has no kernel for (pools, concatenations,
-    element-wise chains, the classifier): every top-level block's leading spatial loops are
-    fused and run in parallel, the innermost spatial loop of element-wise blocks is
+    """A schedule for the operators resdsl has no kernel for (pools, element-wise chains,
+    the global average, anything else left): every top-level block's leading spatial loops
+    are fused and run in parallel, the innermost spatial loop of element-wise blocks is
     vectorised. TVM's default CPU lowering runs them on one core."""
     from tvm import s_tir, tirx
     sch = s_tir.Schedule(func)
