@@ -719,6 +719,8 @@ def lark_cases(n: int, seed: int) -> list[Case]:
     from hypothesis import seed as hseed
 
     out: list[str] = []
+    if n <= 0:
+        return []
 
     @hseed(seed)
     @settings(max_examples=n, database=None, phases=[Phase.generate], deadline=None,
@@ -727,8 +729,7 @@ def lark_cases(n: int, seed: int) -> list[Case]:
     def collect(text):
         out.append(text)
 
-    if n > 0:
-        collect()
+    collect()
     return [Case(f"lark:{seed}:{k}", t, "specs/lark.fuzz.arch", "loads", None, "from_lark")
             for k, t in enumerate(out[:n])]
 
@@ -948,6 +949,10 @@ class Sandbox:
 
     def map(self, cases, progress=None):
         """Yield (index, Outcome) as cases finish (not in order)."""
+        for i, w in enumerate(self.workers):   # a job left by an abandoned map(): drop it
+            if w["job"] is not None:
+                self._retire(w, kill=True)
+                self.workers[i] = self._spawn()
         pending = list(enumerate(cases))
         pending.reverse()
         busy = 0
