@@ -776,7 +776,8 @@ def _on_alarm(signum, frame):
 
 def _where(tb: BaseException) -> str:
     """The innermost frame in resdsl/ of an exception's traceback, else the innermost."""
-    frames = traceback.extract_tb(tb.__traceback__)
+    frames = [f for f in traceback.extract_tb(tb.__traceback__)
+              if Path(f.filename).resolve() != Path(__file__).resolve()]
     mine = [f for f in frames if f"{os.sep}resdsl{os.sep}" in f.filename
             and f"{os.sep}tests{os.sep}" not in f.filename]
     f = (mine or frames or [None])[-1]
