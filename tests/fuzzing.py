@@ -815,7 +815,9 @@ def run_case(case: Case, timeout: float = 5.0, tree: Path | None = None) -> Outc
     kind, message, tb, where = OK, "", "", ""
     try:
         try:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
+            # repeating: a _Timeout raised where Python ignores exceptions (a gc callback,
+            # a __del__) or swallowed by a bare `except` is raised again 50 ms later
+            signal.setitimer(signal.ITIMER_REAL, timeout, 0.05)
             try:
                 if case.mode == "load":
                     resdsl.load(path)
@@ -867,6 +869,8 @@ def _worker_main(conn, tree: str, timeout: float, mem_limit_mb: int) -> None:
         except (ValueError, OSError):  # pragma: no cover
             pass
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000))
+    import gc
+    gc.callbacks.clear()    # e.g. hypothesis' (inherited through fork): not ours to time
     import resdsl  # noqa: F401 - import before the clock starts
     from resdsl.syntax.parser import _parser
     _parser()
