@@ -9,60 +9,81 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
 from resdsl.arch import Arch
 from resdsl.errors import ResdslError
+from resdsl.limits import Limits
 
-__all__ = ["Arch", "ResdslError", "load", "load_artifact", "loads", "__version__"]
+__all__ = ["Arch", "Limits", "ResdslError", "load", "load_artifact", "loads", "__version__"]
 __version__ = "0.1.0"
 
 
 def loads(text: str, path: str = "<string>", *, model: str | None = None,
-          params: dict[str, Any] | None = None, base_dir: str | Path | None = None) -> Arch:
-    """Parse, elaborate and validate spec text; `use` paths resolve from `base_dir`
-    (default: the directory of `path`, or the current directory)."""
+          params: dict[str, Any] | None = None, root: str | Path | None = None,
+          lib: list[str | Path] | None = None, limits: Limits | None = None,
+          base_dir: str | Path | None = None) -> Arch:
+    """Parse, elaborate and validate spec text.
+
+    `use` reaches only files below `root` (default: the directory of `path`; none for
+    text without a path), the `lib` directories, those of `RESDSL_PATH` and the bundled
+    library. `limits` bounds the work (see `resdsl.limits.Limits`). `base_dir` is the
+    older name of `root`.
+    """
     from resdsl.elaborate import elaborate
-    from resdsl.loader import Loader, choose_model
+    from resdsl.loader import Loader, choose_model, search_roots
     from resdsl.passes import validate
 
-    if base_dir is None:
-        base_dir = Path(path).parent if path != "<string>" else Path.cwd()
-    base = Path(base_dir)
-    loader = Loader(spec_root(base))
-    real = (base / Path(path).name).resolve() if path != "<string>" else None
-    env, module = loader.load_text(text, path, real)
-    ref = choose_model(env, module, model)
-    graph = validate(elaborate(ref, params))
+    limits = limits or Limits()
+    if root is None:
+        root = base_dir
+    if root is None and path != "<string>":
+        root = Path(path).parent
+    loader = Loader(search_roots(root, lib), limits)
+    real = (Path(root) / Path(path).name).resolve() if root is not None and \
+        path != "<string>" else None
+    with _guard():
+        env, module = loader.load_text(text, path, real)
+        ref = choose_model(env, module, model)
+        graph = validate(elaborate(ref, params, limits))
     return Arch(graph, text, None if path == "<string>" else path)
 
 
-def spec_root(directory: Path) -> Path:
-    """The spec tree a spec's `use` paths must stay in: the nearest enclosing directory
-    with a `lib/` folder (so specs/resnext_forms/x.arch may use specs/lib/), else the
-    spec's own directory."""
-    directory = directory.resolve()
-    for d in (directory, *directory.parents):
-        if (d / "lib").is_dir():
-            return d
-    return directory
+@contextlib.contextmanager
+def _guard():
+    """The last line of defence: what the limits should have stopped still ends in a
+    ResdslError, never a traceback. Recursion gets room for the nesting limits' worth."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 6000))
+    try:
+        yield
+    except RecursionError:
+        raise ResdslError("the spec nests too deeply for resdsl",
+                          hint="split deep expressions and block nestings into named "
+                               "parts") from None
+    except MemoryError:
+        raise ResdslError("the spec needs more memory than this machine has",
+                          hint="check its repeat counts and sizes") from None
+    finally:
+        sys.setrecursionlimit(old)
 
 
 def load(path: str | Path, *, model: str | None = None,
-         params: dict[str, Any] | None = None) -> Arch:
-    """Load an .arch file; raises ResdslError (with file:line:col) if it is not valid."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ResdslError(f"{path}: no such file",
-                          hint="give the path of an .arch spec, e.g. specs/resnet50.arch") \
-            from None
-    except (IsADirectoryError, UnicodeDecodeError) as err:
-        raise ResdslError(f"{path}: cannot read it as a spec ({err.__class__.__name__})") \
-            from None
-    return loads(text, str(path), model=model, params=params, base_dir=p.parent)
+         params: dict[str, Any] | None = None, root: str | Path | None = None,
+         lib: list[str | Path] | None = None, limits: Limits | None = None) -> Arch:
+    """Load an .arch file; raises ResdslError (with file:line:col) if it is not valid.
+    `use` in it reaches only below `root` (default: the file's directory), `lib`,
+    `RESDSL_PATH` and the bundled library."""
+    from resdsl.loader import read_spec
+
+    limits = limits or Limits()
+    text = read_spec(path, limits)
+    return loads(text, str(path), model=model, params=params,
+                 root=root if root is not None else Path(path).parent, lib=lib,
+                 limits=limits)
 
 
 def load_artifact(path: str | Path):

@@ -24,6 +24,8 @@ import networkx as nx
 
 from resdsl.errors import ResdslError, Span
 from resdsl.ir.graph import new_graph
+from resdsl.limits import (DEFAULT, MAX_INT, Limits, float_bad, int_out_of_range,
+                           power_bounded)
 from resdsl.ir.ops import OPS, OpDef, ShapeError, fmt
 from resdsl.syntax import ast as A
 from resdsl.syntax.parser import parse_expression
@@ -35,7 +37,7 @@ FUNCTIONS = {
     "abs": abs, "len": len,
 }
 DIMS = {"c": 0, "h": 1, "w": 2, "channels": 0, "height": 1, "width": 2}
-MAX_NODES = 200_000
+MAX_BLOCK_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -117,12 +119,33 @@ class Frame:
 
 
 class Builder:
-    """Owns the graph being built: adding nodes with inferred shapes, and rolling back."""
+    """Owns the graph being built: adding nodes with inferred shapes, and rolling back.
+    It keeps the totals the limits bound (layers, edges, parameters, activations) and
+    refuses a node that would exceed one, before adding it."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, limits: Limits = DEFAULT) -> None:
         self.g = new_graph(name)
+        self.limits = limits
         self.added: list[str] = []
         self.auto: dict[str, Span] = {}  # names given automatically -> the layer's span
+        self.cost: dict[str, tuple[int, int]] = {}  # node -> (parameters, activations)
+        self.params = 0
+        self.activations = 0
+        self.edges = 0
+
+    def room(self, layers: int, edges: int, span: Span, what: str) -> None:
+        """Refuse work that would add `layers` nodes and `edges` edges beyond the limits."""
+        lim = self.limits
+        if len(self.added) + layers > lim.max_layers:
+            raise ResdslError(f"{what} would give the network more than {lim.max_layers:,} "
+                              "layers", span,
+                              hint="check the repeat counts (`n=`) of stages and dense "
+                                   "blocks; " + lim.describe("max_layers"))
+        if self.edges + edges > lim.max_edges:
+            raise ResdslError(f"{what} would give the network more than {lim.max_edges:,} "
+                              "connections", span,
+                              hint="dense connectivity grows with the square of the layers "
+                                   "per block; " + lim.describe("max_edges"))
 
     def add(self, name: str, op: OpDef, attrs, inputs: list[Tensor], span: Span, scope: str,
             block: str, label_span: Span | None = None) -> Tensor:
@@ -139,18 +162,34 @@ class Builder:
         if len(inputs) < lo or (hi is not None and len(inputs) > hi):
             want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
             raise ResdslError(f"{op.name} takes {want} input tensor(s), got {len(inputs)}", span)
+        in_shapes = [t.shape for t in inputs]
         try:
-            shape = op.infer(attrs, [t.shape for t in inputs])
+            shape = op.infer(attrs, in_shapes)
         except ShapeError as err:
             raise ResdslError(err.message, span, hint=err.hint) from None
-        if len(self.added) >= MAX_NODES:
-            raise ResdslError(f"the network has more than {MAX_NODES} layers", span,
-                              hint="check the repeat counts (`n=`) of stages and dense blocks")
+        self.room(1, len(inputs), span, "this layer")
+        params = sum(math.prod(s) for s in op.param_shapes(attrs, in_shapes).values())
+        acts = math.prod(shape)
+        lim = self.limits
+        if self.params + params > lim.max_params:
+            raise ResdslError(f"this layer brings the network to {self.params + params:,} "
+                              f"parameters, more than {lim.max_params:,}", span,
+                              hint="check its channel counts; " + lim.describe("max_params"))
+        if self.activations + acts > lim.max_activations:
+            raise ResdslError(f"this layer's output {fmt(shape)} brings the activations to "
+                              f"{self.activations + acts:,} values per sample, more than "
+                              f"{lim.max_activations:,}", span,
+                              hint="check the input size and the channel counts; "
+                                   + lim.describe("max_activations"))
         self.g.add_node(name, op=op.name, attrs=attrs, shape=shape, span=span, scope=scope,
                         block=block)
         for port, t in enumerate(inputs):
             self.g.add_edge(t.node, name, port=port)
         self.added.append(name)
+        self.cost[name] = (params, acts)
+        self.edges += len(inputs)
+        self.params += params
+        self.activations += acts
         return Tensor(name, shape)
 
     def mark(self) -> int:
@@ -158,8 +197,12 @@ class Builder:
 
     def rollback(self, mark: int) -> None:
         for name in self.added[mark:]:
+            self.edges -= self.g.in_degree(name)
             self.g.remove_node(name)
             self.auto.pop(name, None)
+            params, acts = self.cost.pop(name)
+            self.params -= params
+            self.activations -= acts
         del self.added[mark:]
 
 
@@ -192,6 +235,17 @@ class Elaborator:
     def __init__(self, builder: Builder) -> None:
         self.b = builder
         self.depth = 0
+        self.steps = 0
+        self.max_steps = builder.limits.max_steps
+
+    def step(self, span: Span) -> None:
+        """Count one unit of elaboration work; refuse to go past the limit (a spec can
+        ask for unbounded work that creates no layers, e.g. blocks that return `in`)."""
+        self.steps += 1
+        if self.steps > self.max_steps:
+            raise ResdslError(f"elaboration takes more than {self.max_steps:,} steps", span,
+                              hint="check the repeat counts (`n=`) and nested blocks; "
+                                   + self.b.limits.describe("max_steps"))
 
     # ================================================================ entry points
     def run_model(self, ref: BlockRef, args: list[tuple[str | None, Any, Span]],
@@ -203,7 +257,7 @@ class Elaborator:
             frame.vars.update(self.bind(defn.name, defn.params, args, ref.module,
                                         call_span or defn.span))
             target = self.resolve_callable(defn.target.name, frame, defn.target.name_span)
-            if not isinstance(target, BlockRef) or not _is_model(target.defn):
+            if not isinstance(target, BlockRef) or not is_model(target.defn):
                 raise ResdslError(f"`model {defn.name} = ...` must name a model, and "
                                   f"`{defn.target.name}` is not one", defn.target.name_span,
                                   hint="an alias binds the arguments of another model")
@@ -312,6 +366,7 @@ class Elaborator:
     # ================================================================ values
     def eval(self, e: A.Expr, frame: Frame) -> Any:
         """Evaluate an expression to a value; a layer expression is applied to `in`."""
+        self.step(e.span)
         if isinstance(e, A.Num | A.Str | A.Bool):
             return e.value
         if isinstance(e, A.ListE):
@@ -334,7 +389,7 @@ class Elaborator:
             v = self.eval(e.operand, frame)
             if e.op == "not":
                 return not self.truth(v, e.operand.span)
-            return -self.number(v, e.operand.span)
+            return -self.number(v, e.operand.span)  # numbers are within +-MAX_INT
         if isinstance(e, A.Attr):
             v = self.eval(e.obj, frame)
             if not isinstance(v, Tensor):
@@ -479,25 +534,48 @@ class Elaborator:
             return (a == b) if e.op == "==" else (a != b)
         x = self.number(a, e.left.span)
         y = self.number(b, e.right.span)
+        if e.op in ("<", "<=", ">", ">="):
+            return {"<": x < y, "<=": x <= y, ">": x > y, ">=": x >= y}[e.op]
+        if e.op == "**" and not power_bounded(x, y):
+            raise ResdslError(f"{x!r} ** {y!r} is too large", e.span,
+                              hint=f"numbers must stay below 2**63 ({MAX_INT:,})")
         try:
             if e.op == "+":
-                return x + y
-            if e.op == "-":
-                return x - y
-            if e.op == "*":
-                return x * y
-            if e.op == "/":
-                q = x / y
-                return int(q) if isinstance(x, int) and isinstance(y, int) and x % y == 0 else q
-            if e.op == "//":
-                return x // y
-            if e.op == "%":
-                return x % y
-            if e.op == "**":
-                return x ** y
+                r = x + y
+            elif e.op == "-":
+                r = x - y
+            elif e.op == "*":
+                r = x * y
+            elif e.op == "/":
+                if isinstance(x, int) and isinstance(y, int) and y != 0 and x % y == 0:
+                    r = x // y
+                else:
+                    r = x / y
+            elif e.op == "//":
+                r = x // y
+            elif e.op == "%":
+                r = x % y
+            else:
+                r = x ** y
         except ZeroDivisionError:
             raise ResdslError("division by zero", e.span) from None
-        return {"<": x < y, "<=": x <= y, ">": x > y, ">=": x >= y}[e.op]
+        except OverflowError:
+            raise ResdslError(f"`{e.op}` overflows", e.span,
+                              hint="numbers must be finite and below 2**63") from None
+        return self.checked(r, e.span)
+
+    def checked(self, r: Any, span: Span) -> int | float:
+        """An arithmetic result, refused unless it is a real number within range."""
+        if isinstance(r, complex) or not isinstance(r, int | float):
+            raise ResdslError("the result is not a real number", span,
+                              hint="a negative number to a fractional power is complex")
+        if int_out_of_range(r):
+            raise ResdslError(f"the result has {len(str(abs(r)))} digits; integers must be "
+                              "below 2**63", span, hint=f"the largest is {MAX_INT:,}")
+        if float_bad(r):
+            raise ResdslError(f"the result is {r} (out of range)", span,
+                              hint="numbers must be finite")
+        return r
 
     def function(self, e: A.Call, frame: Frame) -> Any:
         args = [self.eval(a.value, frame) for a in e.args]
@@ -505,13 +583,19 @@ class Elaborator:
             raise ResdslError(f"`{e.name}` takes positional arguments only", e.span)
         try:
             if e.name == "len":
-                return len(args[0])
+                (v,) = args
+                if not isinstance(v, list | str):
+                    raise TypeError
+                return len(v)
             if e.name in ("min", "max"):
                 return FUNCTIONS[e.name](*[self.number(v, e.span) for v in args])
             (v,) = args
-            return FUNCTIONS[e.name](self.number(v, e.args[0].span))
-        except (TypeError, ValueError, IndexError):
-            raise ResdslError(f"wrong arguments to `{e.name}`", e.span) from None
+            return self.checked(FUNCTIONS[e.name](self.number(v, e.args[0].span)), e.span)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            raise ResdslError(f"wrong arguments to `{e.name}`", e.span,
+                              hint=f"{e.name} takes "
+                                   + ("a list" if e.name == "len" else "numbers"
+                                      if e.name in ("min", "max") else "one number")) from None
 
     def number(self, v: Any, span: Span) -> int | float:
         if isinstance(v, bool) or not isinstance(v, int | float):
@@ -541,6 +625,7 @@ class Elaborator:
     def apply(self, e: A.Expr, x: Tensor, frame: Frame, label: str | None = None,
               label_span: Span | None = None, overrides: dict | None = None) -> Tensor:
         """Apply the layer expression `e` to the tensor `x`."""
+        self.step(e.span)
         if isinstance(e, A.Labeled):
             return self.apply(e.inner, x, frame, e.label, e.label_span, overrides)
         if isinstance(e, A.Group):
@@ -717,7 +802,7 @@ class Elaborator:
                     label: str | None, label_span: Span | None,
                     overrides: dict | None = None) -> Tensor:
         defn = ref.defn
-        if _is_model(defn):
+        if is_model(defn):
             raise ResdslError(f"`{defn.name}` is a model; a model cannot be used as a layer",
                               span, hint="turn the shared part into a `block`")
         if overrides:
@@ -727,8 +812,10 @@ class Elaborator:
             self.claim(frame, label, label_span)
         bound = self.bind(defn.name, defn.params, args, ref.module, span)
         self.depth += 1
-        if self.depth > 64:
-            raise ResdslError(f"blocks nest more than 64 deep at `{defn.name}`", span,
+        if self.depth > MAX_BLOCK_DEPTH:
+            self.depth -= 1
+            raise ResdslError(f"blocks nest more than {MAX_BLOCK_DEPTH} deep at "
+                              f"`{defn.name}`", span,
                               hint="a block that (indirectly) uses itself never ends")
         sub = Frame(ref.module, dict(bound), Namer(prefix), defn.body, defn.name,
                     scope=prefix)
@@ -772,11 +859,31 @@ class Elaborator:
         return unit, opts
 
     def count(self, opts, key: str, what: str) -> int:
+        """A repeat count, refused before unrolling if it alone passes the layer limit."""
         v, span = opts[key]
         n = self.coerce(v, int, span, f"`{what}` option `{key}`")
         if n < 1:
             raise ResdslError(f"`{what}` needs {key} >= 1, got {n}", span)
+        self.b.room(n, 0, span, f"{key}={n}")
         return n
+
+    def predict(self, opts, done: int, n: int, mark: int, steps0: int, edges0: int,
+                what: str) -> None:
+        """After `done` of `n` repetitions, refuse the rest if, at the cost of the last
+        one, they would pass the limits (checked before doing them)."""
+        if done >= n:
+            return
+        layers = len(self.b.added) - mark
+        steps = self.steps - steps0
+        edges = self.b.edges - edges0
+        left = n - done
+        span = opts["n"][1]
+        self.b.room(layers * left, edges * left, span, f"{what} with n={n}")
+        if self.steps + steps * left > self.max_steps:
+            raise ResdslError(f"{what} with n={n} would take more than {self.max_steps:,} "
+                              "elaboration steps", span,
+                              hint="check the repeat count; "
+                                   + self.b.limits.describe("max_steps"))
 
     def template(self, opts, frame: Frame) -> "callable":
         text, span = opts["name"]
@@ -815,8 +922,11 @@ class Elaborator:
         name = self.template(opts, frame)
         sub, _ = self.scope_frame(frame, label, label_span, "stage", e.span)
         for i in range(n):
+            mark, steps, edges = len(self.b.added), self.steps, self.b.edges
             x = self.apply(A.Labeled(name(i), unit, unit.span, unit.span), x, sub,
                            overrides=first if (i == 0 and first) else None)
+            if i == 1 or (i == 0 and not first):
+                self.predict(opts, i + 1, n, mark, steps, edges, "stage")
         return x
 
     def comb_dense(self, e: A.Call, x: Tensor, frame: Frame, label, label_span) -> Tensor:
@@ -826,7 +936,12 @@ class Elaborator:
         sub, prefix = self.scope_frame(frame, label, label_span, "dense", e.span)
         features = [x]
         cat = OPS["concat"]
+        # layer i reads a concatenation of i + 1 tensors: n * (n + 3) / 2 edges in all
+        self.b.room(n, n * (n + 3) // 2, opts["n"][1], f"dense with n={n}")
         for i in range(n):
+            if i == 1:
+                self.predict(opts, 1, n, mark, steps, edges, "dense")
+            mark, steps, edges = len(self.b.added), self.steps, self.b.edges
             local = name(i)
             inp = features[0] if i == 0 else self.b.add(
                 f"{prefix}.{local}.cat", cat, cat.attrs(), list(features), e.span, prefix,
@@ -845,8 +960,12 @@ class Elaborator:
                               merge_span)
         name = self.template(opts, frame)
         sub, prefix = self.scope_frame(frame, label, label_span, "paths", e.span)
-        outs = [self.apply(A.Labeled(name(i), unit, unit.span, unit.span), x, sub)
-                for i in range(n)]
+        outs = []
+        for i in range(n):
+            mark, steps, edges = len(self.b.added), self.steps, self.b.edges
+            outs.append(self.apply(A.Labeled(name(i), unit, unit.span, unit.span), x, sub))
+            if i == 0:
+                self.predict(opts, 1, n, mark, steps, edges, "paths")
         op = OPS["add" if merge == "sum" else "concat"]
         if len(outs) == 1:
             return outs[0]
@@ -889,7 +1008,8 @@ def _stride(attrs) -> int:
     return getattr(attrs, "stride", None) or getattr(attrs, "s", 1)
 
 
-def _is_model(defn) -> bool:
+def is_model(defn) -> bool:
+    """Whether a definition is a model (not a block)."""
     return isinstance(defn, A.ModelAlias) or (isinstance(defn, A.BlockDef) and defn.is_model)
 
 
@@ -925,12 +1045,31 @@ def _example(name: str) -> str:
     return _EXAMPLES.get(name, f"{name}(...)")
 
 
-def elaborate(ref: BlockRef, params: dict[str, Any] | None = None) -> nx.MultiDiGraph:
+def check_value(v: Any, what: str, depth: int = 0) -> Any:
+    """A parameter value given from outside the spec (-D, params=): numbers in range,
+    bools, strings, and lists/dicts of them."""
+    ok = isinstance(v, bool | str) or (isinstance(v, int | float) and not
+                                       (int_out_of_range(v) or float_bad(v)))
+    if isinstance(v, list) and depth < 8:
+        return [check_value(x, what, depth + 1) for x in v]
+    if isinstance(v, dict) and depth < 8 and all(isinstance(k, str) for k in v):
+        return {k: check_value(x, what, depth + 1) for k, x in v.items()}
+    if not ok:
+        shown = repr(v)
+        raise ResdslError(f"parameter `{what}`: {shown[:40]}{'...' if len(shown) > 40 else ''}"
+                          " is not a value a spec can hold",
+                          hint="give a finite number below 2**63, true/false, or a string")
+    return v
+
+
+def elaborate(ref: BlockRef, params: dict[str, Any] | None = None,
+              limits: Limits = DEFAULT) -> nx.MultiDiGraph:
     """Elaborate the model `ref` with parameter overrides into an IR graph."""
-    builder = Builder(ref.defn.name)
+    builder = Builder(ref.defn.name, limits)
     el = Elaborator(builder)
     span = ref.defn.name_span
-    args = [(k, v, span) for k, v in (params or {}).items()]
+    params = {str(k): check_value(v, str(k)) for k, v in (params or {}).items()}
+    args = [(k, v, span) for k, v in params.items()]
     out = el.run_model(ref, args, span)
     builder.g.graph["name"] = ref.defn.name
     builder.g.graph["outputs"] = [out.node]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import keyword
 import linecache
+import math
 import re
 import sys
 import types
@@ -30,20 +31,56 @@ from resdsl.errors import ResdslError
 from resdsl.ir.graph import inputs_of, topo_order
 from resdsl.ir.ops import fmt
 
+# ---- the one way a value reaches generated source ------------------------------------
+
+def literal(v: Any) -> str:
+    """`v` as a Python literal that evaluates back to `v`: the one escaping function for
+    every value that reaches generated source (paths, names, labels, numbers).
+
+    >>> literal("x.arch; import os")
+    "'x.arch; import os'"
+    >>> literal((3, 224, 224))
+    '(3, 224, 224)'
+    """
+    if isinstance(v, bool) or v is None:
+        return repr(v)
+    if isinstance(v, int):
+        return repr(int(v))
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ResdslError(f"the value {v} cannot be written into PyTorch source")
+        return repr(float(v))
+    if isinstance(v, str):
+        return repr(str(v))
+    if isinstance(v, tuple):
+        items = [literal(x) for x in v]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    raise TypeError(f"no literal for {type(v).__name__}")  # pragma: no cover
+
+
+def comment(text: str) -> str:
+    """Text for a `#` comment: one line, printable characters only."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))
+
+
+_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+
 # ---- per-op tables (sqlglot-style): a missing entry is a clear "not supported" -----
 
 # op -> constructor source for ops that own parameters: f(attrs, input shapes)
 MODULES: dict[str, Callable[[Any, list], str]] = {
     "conv": lambda a, ins: (
-        f"nn.Conv2d({ins[0][0]}, {a.out}, kernel_size={a.k}, stride={a.s}, padding={a.p}"
-        + (f", dilation={a.d}" if a.d != 1 else "")
-        + (f", groups={a.groups}" if a.groups != 1 else "")
-        + f", bias={a.bias})"),
+        f"nn.Conv2d({literal(ins[0][0])}, {literal(a.out)}, kernel_size={literal(a.k)}, "
+        f"stride={literal(a.s)}, padding={literal(a.p)}"
+        + (f", dilation={literal(a.d)}" if a.d != 1 else "")
+        + (f", groups={literal(a.groups)}" if a.groups != 1 else "")
+        + f", bias={literal(a.bias)})"),
     "bn": lambda a, ins: (
-        f"nn.BatchNorm2d({ins[0][0]}"
-        + (f", eps={a.eps!r}" if a.eps != 1e-5 else "")
-        + (f", momentum={a.momentum!r}" if a.momentum != 0.1 else "") + ")"),
-    "linear": lambda a, ins: f"nn.Linear({ins[0][0]}, {a.out}, bias={a.bias})",
+        f"nn.BatchNorm2d({literal(ins[0][0])}"
+        + (f", eps={literal(a.eps)}" if a.eps != 1e-5 else "")
+        + (f", momentum={literal(a.momentum)}" if a.momentum != 0.1 else "") + ")"),
+    "linear": lambda a, ins: (f"nn.Linear({literal(ins[0][0])}, {literal(a.out)}, "
+                              f"bias={literal(a.bias)})"),
 }
 
 # op -> forward expression: f(module expression or None, attrs, argument names)
@@ -52,16 +89,18 @@ EXPRS: dict[str, Callable[[str | None, Any, list[str]], str]] = {
     "bn": lambda m, a, x: f"{m}({x[0]})",
     "linear": lambda m, a, x: f"{m}({x[0]})",
     "relu": lambda m, a, x: f"F.relu({x[0]})",
-    "maxpool": lambda m, a, x: (f"F.max_pool2d({x[0]}, {a.k}, {a.stride}, {a.p}"
+    "maxpool": lambda m, a, x: (f"F.max_pool2d({x[0]}, {literal(a.k)}, {literal(a.stride)}, "
+                                f"{literal(a.p)}"
                                 + (", ceil_mode=True" if a.ceil_mode else "") + ")"),
-    "avgpool": lambda m, a, x: (f"F.avg_pool2d({x[0]}, {a.k}, {a.stride}, {a.p}"
+    "avgpool": lambda m, a, x: (f"F.avg_pool2d({x[0]}, {literal(a.k)}, {literal(a.stride)}, "
+                                f"{literal(a.p)}"
                                 + (", ceil_mode=True" if a.ceil_mode else "") + ")"),
     "global_avgpool": lambda m, a, x: f"F.adaptive_avg_pool2d({x[0]}, 1)",
     "flatten": lambda m, a, x: f"torch.flatten({x[0]}, 1)",
-    "dropout": lambda m, a, x: f"F.dropout({x[0]}, {a.p!r}, self.training)",
+    "dropout": lambda m, a, x: f"F.dropout({x[0]}, {literal(a.p)}, self.training)",
     "add": lambda m, a, x: " + ".join(x),
     "concat": lambda m, a, x: f"torch.cat([{', '.join(x)}], 1)",
-    "zeropad": lambda m, a, x: f"_zeropad({x[0]}, {a.c}, {a.s})",
+    "zeropad": lambda m, a, x: f"_zeropad({x[0]}, {literal(a.c)}, {literal(a.s)})",
 }
 
 # ops whose output is a fresh tensor that nothing else aliases: a sole consumer may
@@ -124,13 +163,24 @@ def class_name(model: str) -> str:
     return name if name.isidentifier() and not keyword.iskeyword(name) else f"Model_{name}"
 
 
+def _attach(holder: str, leaf: str, ctor: str) -> str:
+    """The statement that registers a submodule: `self.conv1 = ...` where that is plain,
+    else `holder.add_module('0', ...)`."""
+    if holder == "self" and _plain(leaf):
+        return f"self.{leaf} = {ctor}"
+    return f"{holder}.add_module({literal(leaf)}, {ctor})"
+
+
+def _plain(part: str) -> bool:
+    return part.isidentifier() and part not in _RESERVED and not keyword.iskeyword(part)
+
+
 def _access(path: str) -> str:
     """Python expression for the submodule at a dotted path, e.g. self.layer1["0"].conv1."""
     parts = path.split(".")
-    out = "self." + parts[0]
+    out = "self." + parts[0] if _plain(parts[0]) else f"getattr(self, {literal(parts[0])})"
     for p in parts[1:]:
-        out += f".{p}" if p.isidentifier() and p not in _RESERVED and \
-            not keyword.iskeyword(p) else f"[{p!r}]"
+        out += f".{p}" if _plain(p) else f"[{literal(p)}]"
     return out
 
 
@@ -179,6 +229,10 @@ def residual_bns(g: nx.MultiDiGraph) -> list[str]:
 
 def _check_names(g: nx.MultiDiGraph) -> None:
     for name, d in g.nodes(data=True):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ResdslError(f"layer name {str(name)[:60]!r} is not a dotted name",
+                              d.get("span"), hint="names are letters, digits and `_`, "
+                                                  "joined by `.`")
         if d["op"] in MODULES:
             for part in name.split("."):
                 if part in _RESERVED and part == name.split(".")[0]:
@@ -206,10 +260,18 @@ class _Vars:
         self.free.append(name)
 
 
+def _docstring(text: str) -> str:
+    """A module docstring holding `text` verbatim: triple-quoted and readable when the
+    text is plain, else the escaped literal (a file name may hold any character)."""
+    plain = all(ch.isprintable() or ch == "\n" for ch in text) and '"' not in text \
+        and "\\" not in text
+    return f'"""{text}\n"""' if plain else literal(text)
+
+
 def to_source(arch, class_name_: str | None = None) -> str:
     """Standalone PyTorch source for `arch`: imports only torch, defines one nn.Module."""
     g = arch.graph
-    cls = class_name_ or class_name(arch.name)
+    cls = class_name(class_name_ or arch.name)
     _check_names(g)
     for name, d in g.nodes(data=True):
         if d["op"] != "input" and d["op"] not in EXPRS:
@@ -235,13 +297,11 @@ def to_source(arch, class_name_: str | None = None) -> str:
                 scopes.add(scope)
                 parent, _, leaf = scope.rpartition(".")
                 holder = _access(parent) if parent else "self"
-                init.append(f"{holder}.add_module({leaf!r}, _Scope())" if parent
-                            else f"self.{leaf} = _Scope()")
+                init.append(_attach(holder, leaf, "_Scope()"))
         ins = [g.nodes[s]["shape"] for s in inputs_of(g, name)]
         parent, _, leaf = name.rpartition(".")
         ctor = MODULES[d["op"]](d["attrs"], ins)
-        init.append(f"{_access(parent)}.add_module({leaf!r}, {ctor})" if parent
-                    else f"self.{leaf} = {ctor}")
+        init.append(_attach(_access(parent) if parent else "self", leaf, ctor))
 
     # forward: one statement per node, variables reused once dead
     uses = {n: g.out_degree(n) for n in order}
@@ -262,7 +322,7 @@ def to_source(arch, class_name_: str | None = None) -> str:
         scope = d.get("scope") or ""
         if scope != scope_shown:
             if scope:
-                body.append(f"# {scope}: {d.get('block', '')}")
+                body.append(f"# {comment(scope)}: {comment(d.get('block', ''))}")
             scope_shown = scope
         if name in patterns:
             p = patterns[name]
@@ -291,28 +351,30 @@ def to_source(arch, class_name_: str | None = None) -> str:
         pending_release = []
         var[name] = vars_.take()
         shape = fmt(d["shape"])
-        body.append(f"{var[name]} = {expr}  # {name} {shape}")
+        body.append(f"{var[name]} = {expr}  # {comment(name)} {shape}")
     # fused nodes consumed their inputs through the pattern; mark their uses done
     result = ", ".join(var[o] for o in g.graph["outputs"])
     body.append(f"return {result}")
 
     src_hash = arch.spec_hash()
     zero_init = tuple(zero)
-    lines = [
-        f'"""{arch.name}: generated by resdsl {__version__} from '
-        f'{arch.path or "a spec string"} (spec hash {src_hash}).',
+    doc = "\n".join([
+        f"{arch.name}: generated by resdsl {__version__} from "
+        f"{arch.path or 'a spec string'} (spec hash {src_hash}).",
         "",
         f"Input: a float tensor [N, {', '.join(map(str, arch.input_shape))}]; output: "
         f"[N, {', '.join(map(str, arch.output_shape))}]. "
         f"{arch.num_params():,} parameters, {arch.macs():,} MACs per sample.",
         "This file imports only torch.",
-        '"""',
+    ])
+    lines = [
+        _docstring(doc),
         _PRELUDE.rstrip(),
         "",
         "",
         f"class {cls}(nn.Module):",
-        f"    input_shape = {tuple(arch.input_shape)!r}",
-        f"    zero_init_bns = {zero_init!r}",
+        f"    input_shape = {literal(tuple(arch.input_shape))}",
+        f"    zero_init_bns = {literal(zero_init)}",
         "",
         "    def __init__(self, memory_efficient: bool = False, "
         "zero_init_residual: bool = False) -> None:",

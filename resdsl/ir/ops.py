@@ -133,6 +133,11 @@ def _conv_shape(a: ConvAttrs, ins: list[Shape]) -> Shape:
             raise ShapeError(f"conv {name}={value} must be at least 1")
     if a.p < 0:
         raise ShapeError(f"conv p={a.p} must not be negative")
+    if a.p > a.d * (a.k - 1):
+        raise ShapeError(f"conv padding p={a.p} is more than the window k={a.k} can use "
+                         f"(at most {a.d * (a.k - 1)})",
+                         hint="beyond that, outputs see only padding; `same` padding is "
+                              "p = k // 2")
     if c % a.groups:
         raise ShapeError(f"conv with groups={a.groups}: input channels {c} are not divisible "
                          f"by {a.groups}",
@@ -152,6 +157,19 @@ def _same(op: str) -> Callable:
 
 def _bn_shape(a: BNAttrs, ins: list[Shape]) -> Shape:
     _need_map("bn", ins[0])
+    if not 0 < a.eps < 1:
+        raise ShapeError(f"bn eps={a.eps} must be a small positive number",
+                         hint="the default is eps=1e-5")
+    if not 0 <= a.momentum <= 1:
+        raise ShapeError(f"bn momentum={a.momentum} must be between 0 and 1",
+                         hint="the default is momentum=0.1")
+    return ins[0]
+
+
+def _dropout_shape(a: DropoutAttrs, ins: list[Shape]) -> Shape:
+    if not 0 <= a.p < 1:
+        raise ShapeError(f"dropout p={a.p} must be at least 0 and below 1",
+                         hint="p is the probability of zeroing a value, e.g. dropout(0.2)")
     return ins[0]
 
 
@@ -303,7 +321,7 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("flatten", NoAttrs, _flatten_shape, "[C, H, W] -> [C*H*W]"),
     OpDef("linear", LinearAttrs, _linear_shape, "fully connected layer",
           param_shapes=_linear_params, macs=_linear_macs),
-    OpDef("dropout", DropoutAttrs, _same("dropout"), "dropout (identity in eval mode)"),
+    OpDef("dropout", DropoutAttrs, _dropout_shape, "dropout (identity in eval mode)"),
     OpDef("add", NoAttrs, _add_shape, "element-wise sum of same-shaped tensors (`a + b`)",
           arity=(2, None)),
     OpDef("concat", NoAttrs, _concat_shape, "channel concatenation", arity=(1, None)),

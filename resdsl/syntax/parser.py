@@ -8,13 +8,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 from pathlib import Path
 
-from lark import Lark, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark import Lark, Transformer, Tree, v_args
+from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput,
+                             UnexpectedToken, VisitError)
 
 from resdsl.errors import ResdslError, Source, Span
+from resdsl.limits import DEFAULT, MAX_LITERAL_DIGITS, Limits, float_bad, int_out_of_range
 from resdsl.syntax import ast as A
 
 
@@ -165,12 +169,20 @@ class _ToAst(Transformer):
     def number(self, meta, children):
         text = str(children[0])
         value: int | float
+        mantissa = re.split(r"[eE]", text)[0]
+        if len(mantissa.lstrip("0.")) > MAX_LITERAL_DIGITS:
+            raise ResdslError(f"the number `{text[:20]}...` has more than "
+                              f"{MAX_LITERAL_DIGITS} digits", self.sp(meta),
+                              hint="numbers must be below 2**63 (integers) or finite")
         if any(ch in text for ch in ".eE"):
             value = float(text)
             if value.is_integer() and "." not in text:
                 value = int(value)
         else:
             value = int(text)
+        if int_out_of_range(value) or float_bad(value):
+            raise ResdslError(f"the number `{text}` is out of range", self.sp(meta),
+                              hint="numbers must be below 2**63 (integers) or finite")
         return A.Num(value, self.sp(meta))
 
     @v_args(meta=True)
@@ -224,11 +236,30 @@ class _ToAst(Transformer):
         for c in children:
             if c is None:
                 continue
-            if not isinstance(c, A.Labeled):
+            entry = _entry(c)
+            if entry is None:
                 raise ResdslError("a `{...}` entry must be `key: value`", c.span,
                                   hint="write overrides as `first={stride: 2}`")
-            items.append((c.label, c.inner, c.span))
+            items.append(entry)
         return A.DictE(tuple(items), self.sp(meta))
+
+
+def _entry(e: A.Expr) -> tuple[str, A.Expr, Span] | None:
+    """A `{key: value}` entry. The grammar's `key: postfix` binds tighter than operators,
+    so `{stride: 2 ** 1}` parses as `(stride: 2) ** 1`: move the label to the top."""
+    if isinstance(e, A.Labeled):
+        return e.label, e.inner, e.span
+    if isinstance(e, A.BinOp):
+        inner = _entry(e.left)
+        if inner is not None:
+            label, left, _ = inner
+            return label, dataclasses.replace(e, left=left), e.span
+    if isinstance(e, A.Pipe):
+        inner = _entry(e.stages[0])
+        if inner is not None:
+            label, first, _ = inner
+            return label, dataclasses.replace(e, stages=(first, *e.stages[1:])), e.span
+    return None
 
 
 # Readable names for the grammar's terminals in "expected ..." messages.
@@ -301,14 +332,44 @@ def _syntax_error(err: UnexpectedInput, src: Source) -> ResdslError:
     raise err  # pragma: no cover
 
 
-def parse(text: str, path: str = "<string>") -> A.Module:
+def _check_depth(tree: Tree, src: Source, limits: Limits) -> None:
+    """Refuse a parse tree nested deeper than `limit` (parentheses, operator chains),
+    before anything recursive walks it."""
+    limit = limits.max_nesting
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            meta = node.meta
+            line, col = getattr(meta, "line", 1), getattr(meta, "column", 1)
+            raise ResdslError(f"expression nested more than {limit} levels deep",
+                              Span(src, line, col, line, col + 1),
+                              hint="split it into named parts (`a = ...`); "
+                                   + limits.describe("max_nesting"))
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
+
+
+def _transform(tree: Tree, src: Source):
+    try:
+        return _ToAst(src).transform(tree)
+    except VisitError as err:
+        if isinstance(err.orig_exc, ResdslError):
+            raise err.orig_exc from None
+        raise
+
+
+def parse(text: str, path: str = "<string>", limits: Limits = DEFAULT) -> A.Module:
     """Parse the text of an .arch file into an `ast.Module`; raise ResdslError on bad syntax."""
     src = Source(path, text)
+    if len(text) > limits.max_file_bytes:
+        raise ResdslError(f"{path}: {len(text):,} characters, more than a spec may have "
+                          f"({limits.max_file_bytes:,})", hint=limits.describe("max_file_bytes"))
     try:
         tree = _parser().parse(text, start="start")
     except UnexpectedInput as err:
         raise _syntax_error(err, src) from None
-    items = _ToAst(src).transform(tree)
+    _check_depth(tree, src, limits)
+    items = _transform(tree, src)
     return A.Module(src, items)
 
 
@@ -321,7 +382,8 @@ def parse_expression(text: str, origin: Span) -> A.Expr:
     except UnexpectedInput:
         raise ResdslError(f"`{{{text}}}` in a name template is not an expression", origin,
                           hint='write e.g. name="denselayer{i+1}" (i counts from 0)') from None
-    expr = _ToAst(src).transform(tree)
+    _check_depth(tree, src, DEFAULT)
+    expr = _transform(tree, src)
     return _Respan(origin).visit(expr)
 
 
