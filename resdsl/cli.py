@@ -44,18 +44,32 @@ def _spec_options(p: argparse.ArgumentParser) -> None:
                    help="set a model parameter, e.g. -D classes=10 -D size=64")
 
 
-def _weights(arch, path: str | None) -> dict | None:
-    """The weights file at `path`, checked against the spec by name and shape."""
+def _weights_options(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--weights", metavar="FILE", help=help)
+    p.add_argument("--cast-weights", action="store_true",
+                   help="convert float16/bfloat16/float64 weights to float32 (without it "
+                        "they are refused; integer/bool tensors and NaN/Inf values are "
+                        "always refused)")
+
+
+def _weights(arch, args: argparse.Namespace) -> dict | None:
+    """The weights file of --weights, checked against the spec by name, shape, dtype
+    (float32, or converted with --cast-weights) and finiteness."""
+    path = args.weights
     if not path:
         return None
     from resdsl.weights import check_weights, load_weights
-    weights = load_weights(path)
-    report = check_weights(arch, weights)
+    cast = bool(getattr(args, "cast_weights", False))
+    weights = load_weights(path, cast=cast)
+    report = check_weights(arch, weights, cast=cast)
     if not report.ok:
-        raise ResdslError(report.render(path),
-                          hint="the file's tensors must be the spec's parameters and "
-                               "buffers (see `resdsl inspect SPEC --json`)")
-    return weights
+        raise report.error(path)
+    return report.weights
+
+
+def _exists(path: str) -> ResdslError:
+    return ResdslError(f"{path} exists; not overwriting it",
+                       hint="pass --force to replace it, or choose another -o")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -75,7 +89,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     arch = _load(args.spec, args)
-    _weights(arch, args.weights)
+    _weights(arch, args)
     if args.json:
         print(json.dumps(arch.to_json(args.depth), indent=1))
     else:
@@ -85,7 +99,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     arch = _load(args.spec, args)
-    weights = _weights(arch, args.weights)
+    weights = _weights(arch, args)
     if args.target == "torch":
         from resdsl.atomic import write_text
         source = arch.torch_source()
@@ -95,23 +109,37 @@ def cmd_compile(args: argparse.Namespace) -> int:
         out = args.output
         if os.path.isdir(out):
             out = os.path.join(out, f"{arch.name}.py")
-        if os.path.exists(out) and not args.force:
-            raise ResdslError(f"{out} exists; not overwriting it",
-                              hint="pass --force to replace it, or choose another -o")
-        write_text(out, source)
-        if weights is not None:
+        wpath = os.path.splitext(out)[0] + ".safetensors" if weights is not None else None
+        for path in (out, wpath):
+            if path and os.path.lexists(path) and not args.force:
+                raise _exists(path)
+        # published without replacing (unless --force): if another command wrote either
+        # path meanwhile, it is kept and this one fails; the weights go first, and are
+        # taken back if the source cannot be published
+        if wpath:
             from resdsl.weights import save_safetensors
-            wpath = os.path.splitext(out)[0] + ".safetensors"
-            save_safetensors(weights, wpath)
+            try:
+                save_safetensors(weights, wpath, force=args.force)
+            except FileExistsError:
+                raise _exists(wpath) from None
+            ours = os.stat(wpath)
+        try:
+            write_text(out, source, force=args.force)
+        except FileExistsError:
+            if wpath:
+                now = os.stat(wpath)
+                if (now.st_ino, now.st_dev) == (ours.st_ino, ours.st_dev):
+                    os.unlink(wpath)
+            raise _exists(out) from None
+        if wpath:
             print(f"wrote {out} and {wpath}")
         else:
             print(f"wrote {out} (class {_class_name(arch.name)})")
         return 0
     from resdsl.backends.tvm.artifact import build, write_artifact
     out = args.output or os.path.join("build", f"{arch.name}-{args.target}")
-    if os.path.exists(out) and not args.force:
-        raise ResdslError(f"{out} exists; not overwriting it",
-                          hint="pass --force to replace it, or choose another -o")
+    if os.path.lexists(out) and not args.force:
+        raise _exists(out)
     t = time.perf_counter()
     built = build(arch, args.target, weights=weights, batch=args.batch, db=args.db,
                   seed=args.seed, cuda_arch=args.cuda_arch, weights_source=args.weights)
@@ -125,12 +153,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from resdsl.backends.tvm.artifact import load_artifact
+    if args.output and os.path.lexists(args.output) and not args.force:
+        raise ResdslError(f"{args.output} exists; not overwriting it",
+                          hint="pass --force to replace it, or choose another --output")
     art = load_artifact(args.artifact)
     if args.input:
-        try:
-            x = np.load(args.input)
-        except (OSError, ValueError) as err:
-            raise ResdslError(f"{args.input}: cannot read it as a .npy array ({err})") from None
+        x = _read_input(args.input)
         if x.ndim == len(art.input_shape) - 1:
             x = x[None]
     else:
@@ -143,11 +171,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         top = np.argsort(-row)[:5]
         print(f"  sample {i}: top-5 " + ", ".join(f"{k}: {row[k]:.4f}" for k in top))
     if args.output:
-        from resdsl.atomic import write_bytes
         import io
+
+        from resdsl.atomic import write_bytes
         buf = io.BytesIO()
-        np.save(buf, y)
-        write_bytes(args.output, buf.getvalue())
+        np.save(buf, y, allow_pickle=False)
+        try:
+            write_bytes(args.output, buf.getvalue(), force=args.force)
+        except FileExistsError:
+            raise ResdslError(f"{args.output} exists; not overwriting it",
+                              hint="pass --force to replace it, or choose another "
+                                   "--output") from None
+        except OSError as err:
+            raise ResdslError(f"{args.output}: cannot write it ({err.strerror})") from None
         print(f"  outputs {list(y.shape)} written to {args.output}")
     stats = art.benchmark(x, repeats=args.repeats)
     print(f"latency: median {stats['median_ms']:.2f} ms, min {stats['min_ms']:.2f} ms over "
@@ -155,10 +191,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_input(path: str):
+    """A .npy input batch: float32, finite, no pickled objects."""
+    import numpy as np
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ResdslError(f"{path}: cannot read it as a .npy array "
+                          f"({str(err).splitlines()[0] if str(err) else type(err).__name__})",
+                          hint="save the input with numpy.save(path, x) (an array, not "
+                               "an object array or .npz)") from None
+    if not isinstance(x, np.ndarray):
+        raise ResdslError(f"{path}: holds several arrays (.npz), not one .npy array",
+                          hint="save the input batch alone with numpy.save(path, x)")
+    if x.dtype != np.float32:
+        raise ResdslError(f"{path}: the input is {x.dtype}, the artifact takes float32",
+                          hint="convert it first: numpy.save(path, x.astype(numpy.float32))")
+    if not np.isfinite(x).all():
+        raise ResdslError(f"{path}: the input holds NaN or Inf",
+                          hint="give finite inputs")
+    return x
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from resdsl.backends.tvm.tune import tune
     arch = _load(args.spec, args)
-    weights = _weights(arch, args.weights)
+    weights = _weights(arch, args)
     t = time.perf_counter()
     report = tune(arch, args.target, args.trials, args.db, batch=args.batch, weights=weights,
                   rpc=args.rpc, cuda_arch=args.cuda_arch, progress=not args.quiet)
@@ -195,9 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, metavar="N",
                    help="collapse layers into groups by the first N parts of their names")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--weights", metavar="FILE",
-                   help="also check a state_dict (.pt/.pth) or .safetensors file against "
-                        "the spec and report missing, unexpected and mis-shaped tensors")
+    _weights_options(p, "also check a state_dict (.pt/.pth) or .safetensors file against "
+                        "the spec and report missing, unexpected and mis-shaped tensors, "
+                        "tensors that are not float32 and NaN/Inf values")
     _spec_options(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -209,9 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, choices=["torch", "llvm", "cuda"])
     p.add_argument("-o", "--output", metavar="PATH",
                    help="output file (torch; default: stdout) or directory (llvm, cuda)")
-    p.add_argument("--weights", metavar="FILE",
-                   help="a state_dict (.pt/.pth) or .safetensors file to check and ship")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
+    _weights_options(p, "a state_dict (.pt/.pth) or .safetensors file to check and ship "
+                        "(float32; see --cast-weights)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing output (without it an output is never "
+                        "overwritten, also when another command creates it meanwhile)")
     p.add_argument("--batch", type=int, default=1, metavar="N",
                    help="batch size the TVM artifact is compiled for (default 1)")
     p.add_argument("--db", metavar="DIR", help="tuning database from `resdsl tune` to use")
@@ -224,28 +284,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="load a TVM artifact, run it, print outputs and latency",
-                       description="Load an artifact directory (checking that its target, "
-                                   "tvm version and files match this machine), run it on "
+                       description="Load an artifact directory (checking its metadata, "
+                                   "the sha256 of its library and weights files, and that "
+                                   "its target and tvm version match this machine), run it on "
                                    "--input or a seeded random batch, print the top-5 outputs "
                                    "per sample and the latency.")
     p.add_argument("artifact", metavar="DIR")
     p.add_argument("--input", metavar="FILE.npy",
-                   help="input batch [N, C, H, W] (or one sample [C, H, W])")
-    p.add_argument("--output", metavar="FILE.npy", help="also save the outputs")
+                   help="input batch [N, C, H, W] (or one sample [C, H, W]), float32")
+    p.add_argument("--output", metavar="FILE.npy",
+                   help="also save the outputs (not over an existing file without --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --output")
     p.add_argument("--repeats", type=int, default=10, help="timed runs (default 10)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("tune", help="MetaSchedule tuning into a database compile --db reuses",
                        description="Search kernel schedules with MetaSchedule; the database "
                                    "in --db is created or resumed, and `compile --db` uses "
-                                   "it. For cuda without a local GPU pass --rpc.")
+                                   "it. For cuda without a local GPU pass --rpc. One tune at a "
+                                   "time per --db: a second one fails while the first holds "
+                                   "the database's lock.")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--target", required=True, choices=["llvm", "cuda"])
     p.add_argument("--trials", type=int, required=True, metavar="N",
                    help="measurement trials in all (spread over the tasks)")
     p.add_argument("--db", required=True, metavar="DIR", help="database directory")
     p.add_argument("--batch", type=int, default=1, metavar="N")
-    p.add_argument("--weights", metavar="FILE", help="weights (only shapes matter for tuning)")
+    _weights_options(p, "weights (only shapes matter for tuning)")
     p.add_argument("--rpc", metavar="HOST:PORT:KEY",
                    help="TVM RPC tracker and device key that measure candidates remotely")
     p.add_argument("--cuda-arch", default=None, metavar="SM")

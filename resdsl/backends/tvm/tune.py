@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,7 +134,47 @@ def _progress_callback(total: int, enabled: bool):
 def tune(arch, target_kind: str, trials: int, db: str, *, batch: int = 1,
          weights: dict | None = None, rpc: str | None = None, cuda_arch: str | None = None,
          progress: bool = True, trials_per_task: int | None = None) -> TuneReport:
-    """Tune the model's kernels; the records go to (and resume from) `db`."""
+    """Tune the model's kernels; the records go to (and resume from) `db`. Only one
+    tune at a time writes a database: a second one on the same `db` fails at once."""
+    if trials < 1:
+        raise ResdslError(f"--trials must be at least 1, got {trials}")
+    with db_lock(db):
+        return _tune(arch, target_kind, trials, db, batch=batch, weights=weights, rpc=rpc,
+                     cuda_arch=cuda_arch, progress=progress, trials_per_task=trials_per_task)
+
+
+LOCK_FILE = "resdsl-tune.lock"
+
+
+@contextmanager
+def db_lock(db: str | os.PathLike, timeout: float = 0.5):
+    """Hold the tuning database's lock (a file lock on DB/resdsl-tune.lock) while the
+    body runs; a ResdslError at once if another tune holds it."""
+    from filelock import FileLock, Timeout
+    try:
+        Path(db).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ResdslError(f"{db}: cannot create the tuning database directory "
+                          f"({err.strerror or err})") from None
+    lock = FileLock(str(Path(db) / LOCK_FILE), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ResdslError(f"{db}: another `resdsl tune` holds this tuning database "
+                          f"({Path(db) / LOCK_FILE})",
+                          hint="wait for it to finish, or tune into another --db") from None
+    except OSError as err:
+        raise ResdslError(f"{db}: cannot lock the tuning database "
+                          f"({err.strerror or err})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _tune(arch, target_kind: str, trials: int, db: str, *, batch: int,
+          weights: dict | None, rpc: str | None, cuda_arch: str | None, progress: bool,
+          trials_per_task: int | None) -> TuneReport:
     import tvm
     import tvm.s_tir.meta_schedule as ms
 
@@ -140,8 +182,6 @@ def tune(arch, target_kind: str, trials: int, db: str, *, batch: int = 1,
     from resdsl.backends.tvm.compile import lower_for
     from resdsl.backends.tvm.target import make_target
 
-    if trials < 1:
-        raise ResdslError(f"--trials must be at least 1, got {trials}")
     target = make_target(target_kind, cuda_arch)
     runner: Any = "local"
     if target_kind == "cuda":
@@ -160,7 +200,6 @@ def tune(arch, target_kind: str, trials: int, db: str, *, batch: int = 1,
     weights = weights if weights is not None else default_weights(arch)
     lowered = lower_for(arch, weights, target, batch, tunable=True)
     mod = prepare(lowered.mod, target)
-    Path(db).mkdir(parents=True, exist_ok=True)
     database = ms.database.JSONDatabase(work_dir=str(db))
     if target_kind == "llvm":
         seed_hand_schedules(mod, target, database)
