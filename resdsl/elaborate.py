@@ -262,7 +262,15 @@ class Elaborator:
                                   f"`{defn.target.name}` is not one", defn.target.name_span,
                                   hint="an alias binds the arguments of another model")
             inner = [(a.name, self.eval(a.value, frame), a.span) for a in defn.target.args]
-            return self.run_model(target, inner, defn.target.span)
+            self.depth += 1
+            if self.depth > MAX_BLOCK_DEPTH:
+                raise ResdslError(f"model aliases chain more than {MAX_BLOCK_DEPTH} deep at "
+                                  f"`{defn.name}`", defn.target.name_span,
+                                  hint="an alias that (indirectly) names itself never ends")
+            try:
+                return self.run_model(target, inner, defn.target.span)
+            finally:
+                self.depth -= 1
         frame = Frame(ref.module, {}, Namer(""), defn.body, defn.name)
         frame.vars.update(self.bind(defn.name, defn.params, args, ref.module,
                                     call_span or defn.span))

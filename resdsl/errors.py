@@ -114,4 +114,12 @@ def render(err: ResdslError) -> str:
             out += _excerpt(note.span)
     if err.hint:
         out.append(f"hint: {err.hint}")
-    return "\n".join(out)
+    return "\n".join(_printable(line) for line in out)
+
+
+def _printable(line: str) -> str:
+    """A line safe to print to a terminal: control characters (from a hostile file name
+    or spec text) are shown escaped, never sent raw."""
+    if line.isprintable():
+        return line
+    return "".join(ch if ch.isprintable() or ch == "\t" else ascii(ch)[1:-1] for ch in line)

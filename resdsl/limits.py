@@ -28,7 +28,7 @@ from typing import Any
 class Limits:
     """Bounds on what one load may do; each can be raised (or lowered) by the caller."""
 
-    max_file_bytes: int = 1 << 20        # one spec file (the largest reference spec is < 2 KB)
+    max_source_bytes: int = 64 * 1024    # all files of one load (a reference spec is < 2 KB)
     max_files: int = 256                 # files one load may reach through `use`
     max_nesting: int = 100               # depth of an expression (parentheses, operator chains)
     max_layers: int = 20_000             # IR nodes

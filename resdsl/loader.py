@@ -10,7 +10,7 @@ inside an explicit set of *roots* (docs/language.md, "use"):
 `use "lib/resnet.arch"` is looked up relative to the file that says it, then relative
 to each root in that order. Absolute paths are refused, and so is any path that
 resolves (after symlinks) outside every root: such a file is never opened, so nothing
-of it can show up in an error. Only regular files of at most `Limits.max_file_bytes`
+of it can show up in an error. Only regular files of at most `Limits.max_source_bytes`
 bytes, in UTF-8, are read.
 """
 
@@ -53,10 +53,13 @@ def search_roots(root: str | os.PathLike | None, lib=None) -> list[Path]:
 
 
 def read_spec(path: str | os.PathLike, limits: Limits = DEFAULT,
-              span: Span | None = None, shown: str | None = None) -> str:
-    """The text of a spec file: a regular file, at most `limits.max_file_bytes`, UTF-8.
-    Errors point at `span` (the `use` that asked for it) when there is one."""
+              span: Span | None = None, shown: str | None = None,
+              budget: int | None = None) -> str:
+    """The text of a spec file: a regular file of at most `budget` bytes (default
+    `limits.max_source_bytes`), UTF-8. Errors point at `span` (the `use` that asked for
+    it) when there is one."""
     name = shown or str(path)
+    budget = limits.max_source_bytes if budget is None else budget
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, flags)
@@ -65,24 +68,25 @@ def read_spec(path: str | os.PathLike, limits: Limits = DEFAULT,
                           hint="give the path of an .arch spec, e.g. specs/resnet50.arch") \
             from None
     except (OSError, ValueError) as err:
-        raise ResdslError(f"{name}: cannot open it ({getattr(err, 'strerror', None) or err})",
-                          span) from None
+        why = getattr(err, "strerror", None) or str(err)
+        raise ResdslError(f"{name[:200]}: cannot open it ({why})", span) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
             raise ResdslError(f"{name}: {what}; a spec is a regular .arch file", span)
-        if st.st_size > limits.max_file_bytes:
-            raise ResdslError(f"{name}: {st.st_size:,} bytes, more than a spec may have "
-                              f"({limits.max_file_bytes:,})", span,
-                              hint=limits.describe("max_file_bytes"))
+        if st.st_size > budget:
+            raise ResdslError(f"{name}: {st.st_size:,} bytes, more than the specs of one "
+                              f"load may have ({limits.max_source_bytes:,} in all)", span,
+                              hint=limits.describe("max_source_bytes"))
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limits.max_file_bytes + 1)
+            data = f.read(budget + 1)
     finally:
         os.close(fd)
-    if len(data) > limits.max_file_bytes:
-        raise ResdslError(f"{name}: more than {limits.max_file_bytes:,} bytes", span,
-                          hint=limits.describe("max_file_bytes"))
+    if len(data) > budget:
+        raise ResdslError(f"{name}: more than the specs of one load may have "
+                          f"({limits.max_source_bytes:,} bytes in all)", span,
+                          hint=limits.describe("max_source_bytes"))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -101,10 +105,16 @@ class Loader:
         self.limits = limits
         self.cache: dict[Path, ModuleEnv] = {}
         self.stack: list[Path] = []
+        self.source_bytes = 0  # read so far, against limits.max_source_bytes
 
     def load_text(self, text: str, path: str, real: Path | None) -> tuple[ModuleEnv, A.Module]:
         """Parse `text` (the file `path`, whose resolved location is `real`, if it is a
         file) and import what it uses."""
+        self.source_bytes += len(text.encode("utf-8", "surrogatepass"))
+        if self.source_bytes > self.limits.max_source_bytes:
+            raise ResdslError(f"{path}: the specs of this load are more than "
+                              f"{self.limits.max_source_bytes:,} bytes in all",
+                              hint=self.limits.describe("max_source_bytes"))
         module = parse(text, path, self.limits)
         env = ModuleEnv(path)
         if real is not None:
@@ -132,7 +142,7 @@ class Loader:
 
     def resolve(self, use: A.Use, base: Path | None) -> Path:
         """The file a `use` names: relative to the using file, then to each root; never
-        outside the roots. Nothing outside them is opened or even tested for existence."""
+        outside the roots: a file outside them is never opened, whether it exists or not."""
         text = use.path
         if not text or "\x00" in text:
             raise ResdslError("`use` needs a file path", use.span,
@@ -143,6 +153,9 @@ class Loader:
             raise ResdslError(f"`use \"{text}\"`: absolute paths are not allowed", use.span,
                               hint="name the file relative to the spec (or to a library "
                                    "directory given with --lib); `use` never leaves them")
+        if rel.name in ("", ".", "..") or text.endswith(("/", "\\")):
+            raise ResdslError(f"`use \"{text[:100]}\"` names a directory, not a file",
+                              use.span, hint='e.g. use "lib/resnet.arch"')
         if rel.suffix == "":
             rel = rel.with_name(rel.name + SUFFIX)
         if rel.suffix != SUFFIX:
@@ -150,17 +163,25 @@ class Loader:
                               hint=f"a block library is an {SUFFIX} file")
         bases = ([base] if base is not None else []) + self.roots
         for b in bases:
-            target = (b / rel).resolve()
-            if not any(_inside(target, r) for r in self.roots):
+            try:
+                target = (b / rel).resolve()
+                inside = any(_inside(target, r) for r in self.roots)
+                found = inside and target.is_file()
+            except (OSError, RuntimeError, ValueError) as err:
+                why = getattr(err, "strerror", None) or str(err)
+                raise ResdslError(f"`use \"{text[:100]}\"`: cannot resolve it ({why})",
+                                  use.span, hint="name an .arch file below the spec's "
+                                                 "directory") from None
+            if not inside:
                 if b is base:
-                    raise ResdslError(f"`use \"{text}\"` leaves the directories specs may "
+                    raise ResdslError(f"`use \"{text[:100]}\"` leaves the directories specs may "
                                       f"be used from ({self._roots_text()})", use.span,
                                       hint="`use` reaches only files below the spec's own "
                                            "directory, a --lib directory (RESDSL_PATH) or "
                                            "resdsl's bundled library; symlinks out are "
                                            "refused too")
                 continue
-            if target.is_file():
+            if found:
                 return target
         looked = f" (looked for {_rel(base / rel)})" if base is not None else ""
         raise ResdslError(f"cannot find `{text}`{looked}", use.span,
@@ -183,7 +204,8 @@ class Loader:
                 raise ResdslError(f"more than {self.limits.max_files} files are used",
                                   use.span, hint=self.limits.describe("max_files"))
             shown = _rel(target)
-            text = read_spec(target, self.limits, use.span, shown)
+            text = read_spec(target, self.limits, use.span, shown,
+                             budget=self.limits.max_source_bytes - self.source_bytes)
             self.cache[target], _ = self.load_text(text, shown, target)
         sub = self.cache[target]
         for name, defn in sub.defs.items():

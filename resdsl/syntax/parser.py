@@ -361,9 +361,9 @@ def _transform(tree: Tree, src: Source):
 def parse(text: str, path: str = "<string>", limits: Limits = DEFAULT) -> A.Module:
     """Parse the text of an .arch file into an `ast.Module`; raise ResdslError on bad syntax."""
     src = Source(path, text)
-    if len(text) > limits.max_file_bytes:
+    if len(text) > limits.max_source_bytes:
         raise ResdslError(f"{path}: {len(text):,} characters, more than a spec may have "
-                          f"({limits.max_file_bytes:,})", hint=limits.describe("max_file_bytes"))
+                          f"({limits.max_source_bytes:,})", hint=limits.describe("max_source_bytes"))
     try:
         tree = _parser().parse(text, start="start")
     except UnexpectedInput as err:
