@@ -291,7 +291,10 @@ def test_two_concurrent_compiles_one_wins(tmp_path):
            "-o", str(out)]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    results = []
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        results.append((p.returncode, err))
     codes = sorted(code for code, _ in results)
     assert codes == [0, 1], results
     loser = next(err for code, err in results if code == 1)
