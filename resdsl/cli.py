@@ -33,15 +33,42 @@ def _param(text: str) -> tuple[str, Any]:
 
 def _load(path: str, args: argparse.Namespace):
     import resdsl
+    from resdsl.limits import Limits
+    given = {name: getattr(args, name) for name in Limits.names()
+             if getattr(args, name, None) is not None}
     return resdsl.load(path, model=getattr(args, "model", None),
-                       params=dict(getattr(args, "param", None) or []) or None)
+                       params=dict(getattr(args, "param", None) or []) or None,
+                       root=getattr(args, "root", None), lib=getattr(args, "lib", None),
+                       limits=Limits(**given))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
 
 
 def _spec_options(p: argparse.ArgumentParser) -> None:
+    from resdsl.limits import DEFAULT, Limits
     p.add_argument("--model", metavar="NAME",
                    help="which model of the file (needed when it defines several)")
     p.add_argument("--param", "-D", metavar="NAME=VALUE", type=_param, action="append",
                    help="set a model parameter, e.g. -D classes=10 -D size=64")
+    p.add_argument("--root", metavar="DIR",
+                   help="the directory `use` may read below (default: the spec's own)")
+    p.add_argument("--lib", metavar="DIR", action="append",
+                   help="a further directory of block libraries for `use` (repeatable; "
+                        "also RESDSL_PATH); the bundled library is always searched last")
+    limits = p.add_argument_group(
+        "limits", "bounds on what a spec may ask for; each is checked before the work it "
+                  "bounds (docs/language.md, Limits)")
+    for name in Limits.names():
+        limits.add_argument("--" + name.replace("_", "-"), dest=name, type=_positive,
+                            metavar="N", help=f"default {getattr(DEFAULT, name):,}")
 
 
 def _weights_options(p: argparse.ArgumentParser, help: str) -> None:

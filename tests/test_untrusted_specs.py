@@ -430,3 +430,20 @@ def test_the_default_limits_let_every_big_reference_spec_through(name):
 def test_resnext101_at_512_fits_the_default_limits():
     arch = resdsl.load("specs/resnext101_32x8d.arch", params={"size": 512})
     assert arch.num_params() == 88_791_336
+
+
+# ---- the command line ----------------------------------------------------------------
+
+def test_cli_lib_root_and_limit_flags(tree, capsys):
+    from resdsl.cli import main
+    spec_dir, secret = tree
+    (secret.parent / "extra.arch").write_text("block unit(c) { return conv(c, k=1) }\n")
+    path = spec_dir / "m.arch"
+    path.write_text('use "extra.arch"\n' + model("x: unit(4)"))
+    assert main(["check", str(path)]) == 1
+    assert "cannot find" in capsys.readouterr().err
+    assert main(["check", "--lib", str(secret.parent), str(path)]) == 0
+    assert main(["check", "--root", str(secret.parent), str(path)]) == 0
+    assert main(["check", "--lib", str(secret.parent), "--max-layers", "1", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "more than 1 layers" in err and "--max-layers" in err and "Traceback" not in err
