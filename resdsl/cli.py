@@ -57,7 +57,7 @@ def _spec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="NAME",
                    help="which model of the file (needed when it defines several)")
     p.add_argument("--param", "-D", metavar="NAME=VALUE", type=_param, action="append",
-                   help="set a model parameter, e.g. -D classes=10 -D size=64")
+                   help="set a model parameter, e.g. -D num_classes=10 -D size=64")
     p.add_argument("--root", metavar="DIR",
                    help="the directory `use` may read below (default: the spec's own)")
     p.add_argument("--lib", metavar="DIR", action="append",

@@ -645,7 +645,7 @@ class _Gen:
             body = self.body(params, model=False)
             out.append(f"block {name}({', '.join(decl)}) {{\n    " + "\n    ".join(body) + "\n}")
             self.blocks.append((name, [p for p, d in zip(params, decl) if "=" not in d]))
-        mparams = r.sample(["classes", "size", "depth"], r.randint(0, 2))
+        mparams = r.sample(["num_classes", "size", "depth"], r.randint(0, 2))
         decl = [f"{p} = {r.randint(2, 16)}" for p in mparams]
         body = self.body(mparams, model=True)
         out.append(f"model {self.fresh('net')}({', '.join(decl)}) {{\n    " + "\n    ".join(body) + "\n}")
@@ -653,7 +653,7 @@ class _Gen:
             # only an alias of a library model
             layers = ", ".join(self.num([], 1, 2) for _ in range(4))
             out = [out[0], f"model net() = imagenet_resnet({r.choice(['basic', 'bottleneck'])}, "
-                           f"[{layers}], classes={self.num([], 2, 10)}, size={self.num([], 16, 64)})"]
+                           f"[{layers}], num_classes={self.num([], 2, 10)}, size={self.num([], 16, 64)})"]
         return "\n\n".join(out) + "\n"
 
 

@@ -54,7 +54,7 @@ def test_inspect_depth_groups(capsys):
 
 
 def test_param_override(capsys):
-    assert main(["inspect", "specs/resnet18.arch", "--json", "-D", "classes=10"]) == 0
+    assert main(["inspect", "specs/resnet18.arch", "--json", "-D", "num_classes=10"]) == 0
     assert json.loads(capsys.readouterr().out)["output"] == [10]
 
 

@@ -162,7 +162,7 @@ def test_blocks_as_parameters_and_model_aliases():
 
 
 def test_model_parameters_from_the_caller():
-    arch = resdsl.load("specs/resnet50.arch", params={"classes": 10, "size": 64})
+    arch = resdsl.load("specs/resnet50.arch", params={"num_classes": 10, "size": 64})
     assert arch.input_shape == (3, 64, 64) and arch.output_shape == (10,)
     with pytest.raises(resdsl.ResdslError, match="no parameter `clases`"):
         resdsl.load("specs/resnet50.arch", params={"clases": 10})

@@ -217,8 +217,8 @@ def test_resdsl_path_adds_a_library_root(tree, monkeypatch):
 def test_the_bundled_library_is_reachable_from_anywhere(tmp_path):
     path = tmp_path / "r.arch"
     path.write_text('use "lib/resnet.arch"\n'
-                    "model r(classes = 10) = imagenet_resnet(basic, [1, 1, 1, 1], "
-                    "classes=classes, size=32)\n")
+                    "model r(num_classes = 10) = imagenet_resnet(basic, [1, 1, 1, 1], "
+                    "num_classes=num_classes, size=32)\n")
     assert resdsl.load(path).output_shape == (10,)
 
 
