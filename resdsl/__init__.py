@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from resdsl.arch import Arch
 from resdsl.errors import ResdslError
 from resdsl.limits import Limits
 
-__all__ = ["Arch", "Limits", "ResdslError", "load", "load_artifact", "loads", "__version__"]
+__all__ = ["Arch", "Limits", "ResdslError", "create_model", "list_models", "load",
+           "load_artifact", "loads", "__version__"]
 __version__ = "0.1.0"
 
 
@@ -77,13 +80,54 @@ def load(path: str | Path, *, model: str | None = None,
     """Load an .arch file; raises ResdslError (with file:line:col) if it is not valid.
     `use` in it reaches only below `root` (default: the file's directory), `lib`,
     `RESDSL_PATH` and the bundled library."""
+    from resdsl import zoo
     from resdsl.loader import read_spec
 
     limits = limits or Limits()
+    if not os.path.lexists(path) and zoo.is_name(str(path)):
+        found = zoo.find(str(path), lib)
+        if found is None:
+            close = difflib.get_close_matches(str(path), zoo.list_models(lib=lib), n=3)
+            raise ResdslError(f"{path}: no such file, and no model of that name",
+                              hint=(f"did you mean {', '.join(close)}? " if close else "")
+                              + "`resdsl models` lists the models by name")
+        model = model or str(path)
+        path = found
     text = read_spec(path, limits)
     return loads(text, str(path), model=model, params=params,
                  root=root if root is not None else Path(path).parent, lib=lib,
                  limits=limits)
+
+
+def list_models(pattern: str = "*", *, lib: list[str | Path] | None = None) -> list[str]:
+    """Names of the zoo's models that match a shell-style pattern.
+
+    >>> resdsl.list_models("resnext50*")
+    ['resnext50', 'resnext50_32x4d', 'resnext50_32x4d_a', 'resnext50_32x4d_b', 'resnext50_32x4d_c']
+    """
+    from resdsl import zoo
+    return zoo.list_models(pattern, lib)
+
+
+def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
+                 weights: Any = None, *, seed: int | None = None,
+                 lib: list[str | Path] | None = None, **params: Any):
+    """An nn.Module for a zoo model (or a spec path), with timm/torchvision's conventions.
+
+    num_classes / in_chans: the classifier's outputs and the input channels (default: the
+    model's own, 1000 and 3 for the ImageNet models); params: other model parameters
+    (`size=64`); weights: a state_dict, a weights file (.pth/.pt/.safetensors, also a
+    checkpoint dict under "state_dict"/"model"/"state_dict_ema"), or a torchvision weights
+    name such as "IMAGENET1K_V1" (a torchvision model's, fetched through torchvision's
+    cache). Weights with another class count load all but the classifier.
+
+    >>> m = resdsl.create_model("resnet18", num_classes=10)
+    >>> m.fc.out_features, m.num_features
+    (10, 512)
+    """
+    from resdsl.hub import create_model as _create
+    return _create(name, num_classes=num_classes, in_chans=in_chans, weights=weights,
+                   seed=seed, lib=lib, **params)
 
 
 def load_artifact(path: str | Path):

@@ -60,7 +60,7 @@ def _torch():
 
 def load_weights(path: str | Path, cast: bool = False) -> dict:
     """Read a .safetensors file, or a torch state_dict (`torch.save(model.state_dict())`,
-    also a checkpoint dict holding one under "state_dict"/"model"). A DDP "module."
+    also a checkpoint dict holding one under "state_dict"/"model"/"state_dict_ema"). A DDP "module."
     prefix on every key is removed. With `cast`, float16/bfloat16/float64 tensors are
     converted to float32 (without it check_weights refuses them)."""
     import torch
@@ -83,16 +83,31 @@ def load_weights(path: str | Path, cast: bool = False) -> dict:
             raise ResdslError(f"{path}: not a readable torch state_dict ({err.__class__.__name__})",
                               hint="save weights with torch.save(model.state_dict(), path) "
                                    "or safetensors.torch.save_file") from None
-        for key in ("state_dict", "model"):
-            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-                sd = sd[key]
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise ResdslError(f"{path}: does not hold a state_dict (a dict of tensors)")
-    if not all(isinstance(k, str) for k in sd):
-        raise ResdslError(f"{path}: a state_dict's keys must be tensor names (strings)")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return cast_weights(sd) if cast else dict(sd)
+    sd = state_dict_of(sd, str(path))
+    return cast_weights(sd) if cast else sd
+
+
+CHECKPOINT_KEYS = ("state_dict", "model", "state_dict_ema")
+
+
+def state_dict_of(obj, what: str = "the weights") -> dict:
+    """The state_dict inside `obj`: a dict of tensors, or a training checkpoint holding one
+    under "state_dict", "model" or "state_dict_ema" (the first found). A DDP "module."
+    prefix on every key is removed."""
+    import torch
+    for key in CHECKPOINT_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ResdslError(f"{what}: does not hold a state_dict (a dict of tensors)",
+                          hint="pass model.state_dict(), or a checkpoint with one under "
+                               + "/".join(f'"{k}"' for k in CHECKPOINT_KEYS))
+    if not all(isinstance(k, str) for k in obj):
+        raise ResdslError(f"{what}: a state_dict's keys must be tensor names (strings)")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
 
 
 @dataclass

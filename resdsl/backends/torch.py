@@ -156,10 +156,20 @@ def _init(module: nn.Module, zero_init: tuple = ()) -> None:
 '''
 
 
+# model-name prefixes -> the class torchvision/timm would use for that family
+_FAMILIES = [("densenet", "DenseNet"), ("preact_resnet", "PreActResNet"),
+             ("resnext", "ResNet"), ("wide_resnet", "ResNet"), ("resnet", "ResNet")]
+
+
 def class_name(model: str) -> str:
-    """`resnext50_32x4d` -> `Resnext50_32x4d`: the generated class's name."""
-    name = re.sub(r"[^0-9A-Za-z_]", "_", model)
-    name = name[:1].upper() + name[1:]
+    """The generated class's name: the family's, as torchvision names it (`resnet50`,
+    `resnext50_32x4d` -> `ResNet`, `densenet121` -> `DenseNet`), else the model's name in
+    CamelCase (`my_net` -> `MyNet`)."""
+    for prefix, family in _FAMILIES:
+        if model.lower().startswith(prefix):
+            return family
+    name = "".join(part[:1].upper() + part[1:] for part in
+                   re.sub(r"[^0-9A-Za-z_]", "_", model).split("_"))
     return name if name.isidentifier() and not keyword.iskeyword(name) else f"Model_{name}"
 
 
@@ -260,6 +270,102 @@ class _Vars:
         self.free.append(name)
 
 
+@dataclass
+class Head:
+    """What follows the last spatial layer: pooling, flatten, dropout, the classifier."""
+
+    features: str      # the last node of forward_features
+    nodes: list[str]   # the head's nodes, in order
+    pre_logits: str    # the classifier's input
+    classifier: str    # the last linear layer
+    num_features: int
+    num_classes: int
+
+
+HEAD_OPS = {"global_avgpool", "flatten", "dropout", "linear"}
+
+
+def classifier_head(g: nx.MultiDiGraph) -> Head | None:
+    """The head of a network (timm's view: forward_features, then pooling and the
+    classifier), or None when the output is not a linear layer after such a chain."""
+    outputs = g.graph.get("outputs", [])
+    if len(outputs) != 1 or g.nodes[outputs[0]]["op"] != "linear":
+        return None
+    nodes: list[str] = []
+    n = outputs[0]
+    while g.nodes[n]["op"] in HEAD_OPS and g.in_degree(n) == 1 and \
+            (n == outputs[0] or g.out_degree(n) == 1):
+        nodes.insert(0, n)
+        n = inputs_of(g, n)[0]
+    if g.nodes[n]["op"] == "input":
+        return None
+    classifier = outputs[0]
+    pre = inputs_of(g, classifier)[0]
+    return Head(n, nodes, pre, classifier, g.nodes[pre]["shape"][0],
+                g.nodes[classifier]["shape"][0])
+
+
+def _after(g: nx.MultiDiGraph, node: str) -> set[str]:
+    return nx.descendants(g, node)
+
+
+def _emit(g: nx.MultiDiGraph, nodes: list[str], given: dict[str, str], returns: list[str],
+          patterns: dict, fused: set[str]) -> list[str]:
+    """Statements computing `nodes` (in order) from the tensors in `given` (node -> local
+    variable), ending with the return of `returns`; variables are reused once dead."""
+    inside = set(nodes)
+    uses = {n: sum(1 for s in g.successors(n) for _ in range(g.number_of_edges(n, s))
+                   if s in inside) for n in [*given, *nodes]}
+    keep = set(returns) | set(given)   # never released, never updated in place
+    vars_ = _Vars()
+    var: dict[str, str] = {}
+    for node, name in given.items():
+        var[node] = name   # "x" or "x<k>": later names are numbered after it
+        vars_.count = max(vars_.count, int(name[1:] or 0) + 1)
+    body: list[str] = []
+    scope_shown = None
+    for name in nodes:
+        d = g.nodes[name]
+        if name in fused:
+            continue
+        ins = inputs_of(g, name)
+        scope = d.get("scope") or ""
+        if scope != scope_shown:
+            if scope:
+                body.append(f"# {comment(scope)}: {comment(d.get('block', ''))}")
+            scope_shown = scope
+        if name in patterns:
+            p = patterns[name]
+            feats = inputs_of(g, p.concat)
+            expr = (f"_concat_norm_relu_conv({_access(p.norm)}, {_access(name)}, "
+                    f"self.memory_efficient, {', '.join(var[f] for f in feats)})")
+            consumed = feats
+        else:
+            args = [var[i] for i in ins]
+            module = _access(name) if d["op"] in MODULES else None
+            expr = EXPRS[d["op"]](module, d["attrs"], args)
+            first = ins[0] if ins else None
+            if first is not None and uses.get(first) == 1 and g.out_degree(first) == 1 \
+                    and first not in keep and g.nodes[first]["op"] in _FRESH \
+                    and ins.count(first) == 1:
+                if d["op"] == "relu":
+                    expr = f"F.relu({args[0]}, inplace=True)"
+                elif d["op"] == "add":
+                    expr = args[0] + "".join(f".add_({a})" for a in args[1:])
+            consumed = ins
+        pending: list[str] = []
+        for i in consumed:
+            uses[i] -= 1
+            if uses[i] == 0 and i not in keep and var[i] not in pending:
+                pending.append(var[i])
+        for v in pending:
+            vars_.release(v)
+        var[name] = vars_.take()
+        body.append(f"{var[name]} = {expr}  # {comment(name)} {fmt(d['shape'])}")
+    body.append("return " + ", ".join(var[o] for o in returns))
+    return body
+
+
 def _docstring(text: str) -> str:
     """A module docstring holding `text` verbatim: triple-quoted and readable when the
     text is plain, else the escaped literal (a file name may hold any character)."""
@@ -303,58 +409,24 @@ def to_source(arch, class_name_: str | None = None) -> str:
         ctor = MODULES[d["op"]](d["attrs"], ins)
         init.append(_attach(_access(parent) if parent else "self", leaf, ctor))
 
-    # forward: one statement per node, variables reused once dead
-    uses = {n: g.out_degree(n) for n in order}
-    outputs = set(g.graph["outputs"])
-    vars_ = _Vars()
-    var: dict[str, str] = {}
-    body: list[str] = []
-    scope_shown = None
-    pending_release: list[str] = []
-    for name in order:
-        d = g.nodes[name]
-        if d["op"] == "input":
-            var[name] = vars_.take()
-            continue
-        if name in fused:
-            continue
-        ins = inputs_of(g, name)
-        scope = d.get("scope") or ""
-        if scope != scope_shown:
-            if scope:
-                body.append(f"# {comment(scope)}: {comment(d.get('block', ''))}")
-            scope_shown = scope
-        if name in patterns:
-            p = patterns[name]
-            feats = inputs_of(g, p.concat)
-            expr = (f"_concat_norm_relu_conv({_access(p.norm)}, {_access(name)}, "
-                    f"self.memory_efficient, {', '.join(var[f] for f in feats)})")
-            consumed = feats
-        else:
-            args = [var[i] for i in ins]
-            module = _access(name) if d["op"] in MODULES else None
-            expr = EXPRS[d["op"]](module, d["attrs"], args)
-            first = ins[0] if ins else None
-            if first is not None and g.out_degree(first) == 1 and first not in outputs \
-                    and g.nodes[first]["op"] in _FRESH and ins.count(first) == 1:
-                if d["op"] == "relu":
-                    expr = f"F.relu({args[0]}, inplace=True)"
-                elif d["op"] == "add":
-                    expr = args[0] + "".join(f".add_({a})" for a in args[1:])
-            consumed = ins
-        for i in consumed:
-            uses[i] -= 1
-            if uses[i] == 0 and i not in outputs and var[i] not in pending_release:
-                pending_release.append(var[i])
-        for v in pending_release:
-            vars_.release(v)
-        pending_release = []
-        var[name] = vars_.take()
-        shape = fmt(d["shape"])
-        body.append(f"{var[name]} = {expr}  # {comment(name)} {shape}")
-    # fused nodes consumed their inputs through the pattern; mark their uses done
-    result = ", ".join(var[o] for o in g.graph["outputs"])
-    body.append(f"return {result}")
+    # forward = forward_head(forward_features(x)), timm's classifier API
+    head = classifier_head(g)
+    inp = g.graph["inputs"][0]
+    feats_out = head.features if head else g.graph["outputs"][0]
+    head_nodes = set(head.nodes) if head else set()
+    feature_order = [n for n in order if n not in head_nodes and n != inp]
+    features_body = _emit(g, feature_order, {inp: "x"}, [feats_out], patterns, fused)
+    if head:
+        pre_order = [n for n in order if n in head_nodes and n != head.classifier
+                     and n not in _after(g, head.classifier)]
+        post_order = [n for n in order if n == head.classifier or n in _after(g, head.classifier)]
+        pre = _emit(g, pre_order, {head.features: "x"}, [head.pre_logits], patterns, fused)
+        pre_var = pre[-1].split("return ", 1)[1]
+        post = _emit(g, post_order, {head.pre_logits: pre_var}, g.graph["outputs"], patterns,
+                     fused)
+        head_body = pre[:-1] + ["if pre_logits:", f"    return {pre_var}"] + post
+    else:
+        head_body = ["return x"]
 
     src_hash = arch.spec_hash()
     zero_init = tuple(zero)
@@ -375,19 +447,43 @@ def to_source(arch, class_name_: str | None = None) -> str:
         f"class {cls}(nn.Module):",
         f"    input_shape = {literal(tuple(arch.input_shape))}",
         f"    zero_init_bns = {literal(zero_init)}",
+        f"    classifier_name = {literal(head.classifier if head else '')}",
         "",
         "    def __init__(self, memory_efficient: bool = False, "
         "zero_init_residual: bool = False) -> None:",
         "        super().__init__()",
         "        self.memory_efficient = memory_efficient",
+        f"        self.num_classes = {literal(head.num_classes if head else 0)}",
+        f"        self.num_features = {literal(head.num_features if head else 0)}",
         *[f"        {s}" for s in init],
         "        self.reset_parameters(zero_init_residual)",
         "",
         "    def reset_parameters(self, zero_init_residual: bool = False) -> None:",
         "        _init(self, self.zero_init_bns if zero_init_residual else ())",
         "",
+        "    def forward_features(self, x: torch.Tensor) -> torch.Tensor:",
+        *[f"        {s}" for s in features_body],
+        "",
+        "    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:",
+        *[f"        {s}" for s in head_body],
+        "",
         "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
-        *[f"        {s}" for s in body],
+        "        return self.forward_head(self.forward_features(x))",
+        "",
+        "    def get_classifier(self) -> nn.Module:",
+        "        return self.get_submodule(self.classifier_name) if self.classifier_name "
+        "else nn.Identity()",
+        "",
+        "    def reset_classifier(self, num_classes: int) -> None:",
+        "        \"\"\"A new classifier for `num_classes` outputs (0: none, the head returns "
+        "the pooled features).\"\"\"",
+        "        if not self.classifier_name:",
+        "            raise ValueError(\"this network has no classifier to reset\")",
+        "        fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()",
+        "        parent, _, leaf = self.classifier_name.rpartition(\".\")",
+        "        holder = self.get_submodule(parent) if parent else self",
+        "        holder._modules[leaf] = fc",
+        "        self.num_classes = num_classes",
         "",
     ]
     return "\n".join(lines)
@@ -407,7 +503,21 @@ def load_source(source: str, cls: str, tag: str) -> type:
         sys.modules["resdsl_generated"] = types.ModuleType("resdsl_generated")
     sys.modules[modname] = module
     exec(compile(source, filename, "exec"), module.__dict__)
-    return getattr(module, cls)
+    klass = getattr(module, cls)
+    klass.__reduce_ex__ = _reduce  # pickles as its own source: loads in any process
+    klass._resdsl_source = (source, cls, tag)
+    return klass
+
+
+def _reduce(self, protocol):
+    """`torch.save(model)`: the module pickles as (its generated source, its state), so
+    `torch.load` in a new process rebuilds the class from the source (resdsl installed)."""
+    return _rebuild, type(self)._resdsl_source, self.__getstate__()
+
+
+def _rebuild(source: str, cls: str, tag: str):
+    klass = load_source(source, cls, tag)
+    return klass.__new__(klass)
 
 
 def to_module(arch, *, seed: int | None = None, zero_init_residual: bool = False,
