@@ -206,6 +206,17 @@ Item = Union[Use, BlockDef, ModelAlias]
 
 
 @dataclass(frozen=True)
+class Token:
+    """A token of the source as the lexer saw it, `kind` being the grammar's terminal
+    name; `parser.lex` keeps the comments (kind "COMMENT") that `parse` ignores, for the
+    tools that re-emit source (`resdsl fmt`)."""
+
+    kind: str
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
 class Module:
     source: Source
     items: tuple[Item, ...]

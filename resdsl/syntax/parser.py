@@ -373,6 +373,25 @@ def parse(text: str, path: str = "<string>", limits: Limits = DEFAULT) -> A.Modu
     return A.Module(src, items)
 
 
+def lex(text: str, path: str = "<string>", limits: Limits = DEFAULT) -> list[A.Token]:
+    """The tokens of a spec, comments included (`parse` ignores them; `resdsl fmt` puts
+    each back where it was); whitespace is left out. ResdslError on a character no token
+    can start with.
+
+    >>> [t.text for t in lex("x = 1  # one")]
+    ['x', '=', '1', '# one']
+    """
+    src = Source(path, text)
+    if len(text) > limits.max_source_bytes:
+        raise ResdslError(f"{path}: {len(text):,} characters, more than a spec may have "
+                          f"({limits.max_source_bytes:,})", hint=limits.describe("max_source_bytes"))
+    try:
+        return [A.Token(tok.type, str(tok), _span(src, tok))
+                for tok in _parser().lex(text, dont_ignore=True) if tok.type != "WS"]
+    except UnexpectedInput as err:
+        raise _syntax_error(err, src) from None
+
+
 def parse_expression(text: str, origin: Span) -> A.Expr:
     """Parse one expression (the inside of a `{...}` in a name template such as
     "denselayer{i+1}"); errors point at `origin`, the string it came from."""
