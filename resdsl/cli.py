@@ -253,6 +253,29 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fmt(args: argparse.Namespace) -> int:
+    """Format specs in place (atomically, only those whose layout changes), or with
+    --check / --diff report what would change and write nothing."""
+    from resdsl.fmt import format_file
+    status = 0
+    for path in args.files:
+        try:
+            result = format_file(path, write=not (args.check or args.diff))
+        except ResdslError as err:
+            print(err.render(), file=sys.stderr)
+            status = 1
+            continue
+        if args.diff:
+            sys.stdout.write(result.diff())
+        if result.changed:
+            if args.check:
+                print(f"would reformat {path}")
+                status = 1
+            elif not args.diff:
+                print(f"reformatted {path}")
+    return status
+
+
 def _class_name(name: str) -> str:
     from resdsl.backends.torch import class_name
     return class_name(name)
@@ -344,6 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _spec_options(p)
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("fmt", help="lay specs out canonically, comments kept",
+                       description="Rewrite each spec in the canonical layout (in place, "
+                                   "atomically, only when it changes). --check writes "
+                                   "nothing and exits 1 listing the files that would "
+                                   "change; --diff prints a unified diff instead.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if a file would change (for CI)")
+    p.add_argument("--diff", action="store_true", help="write nothing; print a unified diff")
+    p.set_defaults(func=cmd_fmt)
     return parser
 
 
