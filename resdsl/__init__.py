@@ -20,8 +20,8 @@ from resdsl.arch import Arch
 from resdsl.errors import ResdslError
 from resdsl.limits import Limits
 
-__all__ = ["Arch", "Limits", "ResdslError", "create_model", "list_models", "load",
-           "load_artifact", "loads", "__version__"]
+__all__ = ["Arch", "Limits", "ResdslError", "check_library", "create_model", "list_models",
+           "load", "load_artifact", "loads", "model_params", "__version__"]
 __version__ = "0.1.0"
 
 
@@ -97,6 +97,72 @@ def load(path: str | Path, *, model: str | None = None,
     return loads(text, str(path), model=model, params=params,
                  root=root if root is not None else Path(path).parent, lib=lib,
                  limits=limits)
+
+
+def model_params(path: str | Path, *, model: str | None = None,
+                 lib: list[str | Path] | None = None) -> list[tuple[str, str | None]]:
+    """A model's parameters (what -D / params= set) with their defaults as written in the
+    spec (None: required), e.g. [("num_classes", "1000"), ("in_chans", "3"), ...]."""
+    from resdsl import zoo
+    from resdsl.loader import Loader, choose_model, read_spec, search_roots
+
+    limits = Limits()
+    if not os.path.lexists(path) and zoo.is_name(str(path)) and zoo.find(str(path), lib):
+        model = model or str(path)
+        path = zoo.find(str(path), lib)
+    text = read_spec(path, limits)
+    loader = Loader(search_roots(Path(path).parent, lib), limits)
+    with _guard():
+        env, module = loader.load_text(text, str(path), Path(path).resolve())
+    ref = choose_model(env, module, model)
+    out = []
+    for p in ref.defn.params:
+        if p.default is None:
+            out.append((p.name, None))
+        else:
+            sp = p.default.span
+            lines = sp.source.text.splitlines()[sp.line - 1:sp.end_line]
+            if len(lines) == 1:
+                out.append((p.name, lines[0][sp.column - 1:sp.end_column - 1]))
+            else:
+                out.append((p.name, " ".join(x.strip() for x in lines)))
+    return out
+
+
+def check_library(path: str | Path, *, lib: list[str | Path] | None = None,
+                  limits: Limits | None = None) -> list[tuple[str, str, str]]:
+    """Check every model a file defines that can be built with its defaults, for a
+    library file (no single model to check). Returns (name, kind, outcome) per definition:
+    outcome "ok: ...", "needs PARAMS" (not checkable alone), or an error's first line;
+    blocks are listed as "block (used by the models)". Raises ResdslError if the file
+    itself does not parse."""
+    from resdsl.elaborate import elaborate, is_model
+    from resdsl.loader import Loader, read_spec, search_roots
+    from resdsl.passes import validate
+    limits = limits or Limits()
+    text = read_spec(path, limits)
+    loader = Loader(search_roots(Path(path).parent, lib), limits)
+    with _guard():
+        env, module = loader.load_text(text, str(path), Path(path).resolve())
+    out = []
+    for name in env.local:
+        defn = env.defs[name]
+        if not is_model(defn):
+            out.append((name, "block", "block (checked where the models use it)"))
+            continue
+        required = [p.name for p in defn.params if p.default is None]
+        if required:
+            out.append((name, "model", "needs " + ", ".join(required)))
+            continue
+        try:
+            with _guard():
+                g = validate(elaborate(env.lookup(name), None, limits))
+            arch = Arch(g, text, str(path))
+            out.append((name, "model", f"ok: {len(g)} layers, {arch.num_params():,} "
+                                       "parameters"))
+        except ResdslError as err:
+            out.append((name, "model", err.render().splitlines()[0]))
+    return out
 
 
 def list_models(pattern: str = "*", *, lib: list[str | Path] | None = None) -> list[str]:

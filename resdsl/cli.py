@@ -18,17 +18,18 @@ from resdsl.errors import ResdslError
 
 
 def _param(text: str) -> tuple[str, Any]:
+    """-D NAME=VALUE, VALUE in the language's literals: 10, 0.5, true, "text", [3, 4, 6, 3],
+    a block name (`unit=bottleneck`)."""
+    from resdsl.syntax.parser import parse_value
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    if value in ("true", "false"):
-        return key, value == "true"
-    return key, value
+    key, value = (part.strip() for part in text.split("=", 1))
+    if not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{key!r} is not a parameter name")
+    try:
+        return key, parse_value(value, f"-D {key}")
+    except ResdslError as err:
+        raise argparse.ArgumentTypeError(err.message) from None
 
 
 def _load(path: str, args: argparse.Namespace):
@@ -99,12 +100,32 @@ def _exists(path: str) -> ResdslError:
                        hint="pass --force to replace it, or choose another -o")
 
 
+def _library_check(path: str, args: argparse.Namespace, err: ResdslError) -> int | None:
+    """For a file with no single model to check (a block library): check each model it
+    can build with its defaults; None if `path` is not such a file."""
+    import resdsl
+    library = ("defines no model" in err.message or "models (" in err.message or
+               "needs a value for its parameter" in err.message)
+    if args.model or args.param or not library or not os.path.isfile(path):
+        return None
+    results = resdsl.check_library(path, lib=args.lib)
+    bad = [r for r in results if r[1] == "model" and not r[2].startswith(("ok", "needs"))]
+    for name, kind, outcome in results:
+        print(f"{path}: {kind} {name}: {outcome}", file=sys.stderr if (name, kind, outcome)
+              in bad else sys.stdout)
+    return 1 if bad else 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     status = 0
     for path in args.specs:
         try:
             arch = _load(path, args)
         except ResdslError as err:
+            as_library = _library_check(path, args, err)
+            if as_library is not None:
+                status = max(status, as_library)
+                continue
             print(err.render(), file=sys.stderr)
             status = 1
             continue
@@ -114,13 +135,50 @@ def cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    import resdsl
+    from resdsl import zoo
+    names = resdsl.list_models(args.pattern, lib=args.lib)
+    if not names:
+        raise ResdslError(f"no model matches {args.pattern!r}",
+                          hint="`resdsl models` lists them all")
+    rows = []
+    for name in names:
+        entry = zoo.describe(name, args.lib)
+        arch = resdsl.load(entry.path, model=name, lib=args.lib)
+        rows.append({"name": name, "params": arch.num_params(), "macs": arch.macs(),
+                     "input": list(arch.input_shape), "oracle": entry.oracle,
+                     "file": str(entry.path), "description": entry.description})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    header = ("model", "params", "MACs", "input", "oracle", "file")
+    cells = [(r["name"], f"{r['params']:,}", f"{r['macs']:,}",
+              "x".join(map(str, r["input"])), r["oracle"], os.path.relpath(r["file"]))
+             for r in rows]
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
+    for c in [header, *cells]:
+        print("  ".join(x.rjust(w) if i in (1, 2) else x.ljust(w)
+                        for i, (x, w) in enumerate(zip(c, widths))).rstrip())
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.params:
+        return _print_params(args)
     arch = _load(args.spec, args)
     _weights(arch, args)
     if args.json:
         print(json.dumps(arch.to_json(args.depth), indent=1))
     else:
         print(arch.summary(args.depth))
+    return 0
+
+
+def _print_params(args: argparse.Namespace) -> int:
+    import resdsl
+    for name, default in resdsl.model_params(args.spec, model=args.model, lib=args.lib):
+        print(f"{name} = {default}" if default is not None else f"{name}  (required)")
     return 0
 
 
@@ -286,15 +344,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="resdsl",
         description="A declarative language and compiler for residual-family CNNs "
                     "(ResNet, pre-activation ResNet, ResNeXt, DenseNet).")
+    from resdsl import __version__
+    parser.add_argument("--version", action="version", version=f"resdsl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="parse and shape-check specs (exit 1 if any is invalid)",
                        description="Parse and shape-check each spec; errors go to stderr "
                                    "as file:line:col with the line, a caret and a hint.")
-    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("specs", nargs="+", metavar="SPEC",
+                   help="a spec file or a model name (`resdsl models` lists them); a block "
+                        "library file has each of its models checked that can be built "
+                        "with its defaults")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing for valid specs")
     _spec_options(p)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("models", help="list the models known by name (the zoo)",
+                       description="List the models that every command accepts by name: "
+                                   "the bundled reference specs and those of --lib / "
+                                   "RESDSL_PATH, with parameters, MACs, oracle and file.")
+    p.add_argument("pattern", nargs="?", default="*", metavar="PATTERN",
+                   help="shell-style pattern, e.g. 'resnext*' (default: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--lib", metavar="DIR", action="append",
+                   help="a further directory of specs (repeatable; also RESDSL_PATH)")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("inspect", help="per-layer table: name, op, output shape, params, MACs",
                        description="Print every layer with its output shape (per sample), "
@@ -303,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, metavar="N",
                    help="collapse layers into groups by the first N parts of their names")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--params", action="store_true",
+                   help="list the model's parameters (what -D sets) with their defaults")
     _weights_options(p, "also check a state_dict (.pt/.pth) or .safetensors file against "
                         "the spec and report missing, unexpected and mis-shaped tensors, "
                         "tensors that are not float32 and NaN/Inf values")

@@ -28,7 +28,7 @@ from resdsl.limits import (DEFAULT, MAX_INT, Limits, float_bad, int_out_of_range
                            power_bounded)
 from resdsl.ir.ops import OPS, OpDef, ShapeError, fmt
 from resdsl.syntax import ast as A
-from resdsl.syntax.parser import parse_expression
+from resdsl.syntax.parser import BlockName, parse_expression
 
 COMBINATORS = ("stage", "dense", "paths", "shortcut")
 FUNCTIONS = {
@@ -1053,10 +1053,29 @@ def _example(name: str) -> str:
     return _EXAMPLES.get(name, f"{name}(...)")
 
 
+def _blocks(v: Any, module: ModuleEnv, what: str) -> Any:
+    """Block names in an outside parameter value (`-D unit=bottleneck`, or the string
+    "bottleneck" from Python where the spec has such a block) -> the block."""
+    if isinstance(v, list):
+        return [_blocks(x, module, what) for x in v]
+    if isinstance(v, dict):
+        return {k: _blocks(x, module, what) for k, x in v.items()}
+    if isinstance(v, BlockName) or (isinstance(v, str) and module.lookup(v) is not None):
+        name = v.name if isinstance(v, BlockName) else v
+        ref = module.lookup(name)
+        if ref is None:
+            s = _suggest(name, module.defs)
+            raise ResdslError(f"parameter `{what}`: no block named `{name}`",
+                              hint=(s + " " if s else "") + "strings are written in quotes: "
+                                   f'-D {what}=\'"text"\'')
+        return ref
+    return v
+
+
 def check_value(v: Any, what: str, depth: int = 0) -> Any:
     """A parameter value given from outside the spec (-D, params=): numbers in range,
     bools, strings, and lists/dicts of them."""
-    ok = isinstance(v, bool | str) or (isinstance(v, int | float) and not
+    ok = isinstance(v, bool | str | BlockName) or (isinstance(v, int | float) and not
                                        (int_out_of_range(v) or float_bad(v)))
     if isinstance(v, list) and depth < 8:
         return [check_value(x, what, depth + 1) for x in v]
@@ -1076,7 +1095,8 @@ def elaborate(ref: BlockRef, params: dict[str, Any] | None = None,
     builder = Builder(ref.defn.name, limits)
     el = Elaborator(builder)
     span = ref.defn.name_span
-    params = {str(k): check_value(v, str(k)) for k, v in (params or {}).items()}
+    params = {str(k): _blocks(check_value(v, str(k)), ref.module, str(k))
+              for k, v in (params or {}).items()}
     args = [(k, v, span) for k, v in params.items()]
     out = el.run_model(ref, args, span)
     builder.g.graph["name"] = ref.defn.name

@@ -85,7 +85,7 @@ def describe(name: str, lib=None) -> Entry:
         header.append(line.lstrip("# ").strip())
     text = " ".join(header)
     m = re.search(r"torchvision\.models\.\w+", text) or \
-        re.search(r"[A-Z][a-z]+ et al\. \d{4}(?:, [^):]+)?", text)
+        re.search(r"[A-Z][a-z]+ et al\. \d{4}(?:, [A-Za-z]+ \d+)?", text)
     oracle = m.group(0) if m else ""
     if not oracle:
         alias = re.search(r"same model as (\w+)", text)

@@ -426,3 +426,47 @@ class _Respan:
             elif isinstance(value, tuple) or dataclasses.is_dataclass(value):
                 changes[f.name] = self.visit(value)
         return dataclasses.replace(node, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockName:
+    """A bare name in a parameter value given from outside (`-D unit=bottleneck`): the
+    block (or model) of that name in the spec, resolved at elaboration."""
+
+    name: str
+
+
+def parse_value(text: str, what: str = "the value") -> object:
+    """A parameter value written in the language's own literals, as `-D` takes it:
+    numbers, strings ("..."), true/false, lists, `{key: value}` and block names.
+
+    >>> parse_value("[3, 4, 6, 3]")
+    [3, 4, 6, 3]
+    >>> parse_value("bottleneck")
+    BlockName(name='bottleneck')
+    """
+    origin = Span(Source(f"<{what}>", text), 1, 1, 1, len(text) + 1)
+    src = Source(origin.path, text)
+    if len(text) > 10_000:
+        raise ResdslError(f"{what}: longer than 10,000 characters")
+    try:
+        tree = _parser().parse(text, start="expr")
+    except UnexpectedInput as err:
+        raise _syntax_error(err, src) from None
+    _check_depth(tree, src, DEFAULT)
+    return _value(_transform(tree, src), what)
+
+
+def _value(e, what: str):
+    if isinstance(e, A.Num | A.Str | A.Bool):
+        return e.value
+    if isinstance(e, A.Unary) and e.op == "-" and isinstance(e.operand, A.Num):
+        return -e.operand.value
+    if isinstance(e, A.ListE):
+        return [_value(x, what) for x in e.items]
+    if isinstance(e, A.DictE):
+        return {k: _value(v, what) for k, v, _ in e.items}
+    if isinstance(e, A.Ref):
+        return BlockName(e.name)
+    raise ResdslError(f"{what}: only literals are allowed here (numbers, \"strings\", "
+                      "true/false, [lists], {key: value}, block names)", e.span)
