@@ -93,12 +93,20 @@ class Own:
     gap_after: bool = False     # a blank line between it and the code after it
 
 
+@dataclass
+class _Rest:
+    """While rendering: the parts of a Fill from `i` on."""
+
+    parts: list
+    i: int
+
+
 _FLAT, _BREAK = 0, 1
 
 
-def _propagate(doc) -> bool:
+def _propagate(doc) -> dict[int, bool]:
     """Mark every group that holds a forced newline (a hard line or a comment) as broken;
-    return whether `doc` holds one."""
+    return, by id, which parts of `doc` hold one."""
     stack, order = [doc], []
     while stack:             # post-order without recursion: deep specs stay cheap
         d = stack.pop()
@@ -124,7 +132,7 @@ def _propagate(doc) -> bool:
             hard[id(d)] = d.broken
         elif isinstance(d, Fill):
             hard[id(d)] = any(hard.get(id(x), False) for x in d.parts)
-    return hard.get(id(doc), False)
+    return hard
 
 
 def _fits(nxt: list, rest: list, width: int) -> bool:
@@ -161,7 +169,7 @@ def _fits(nxt: list, rest: list, width: int) -> bool:
 
 def render(doc, width: int = WIDTH) -> str:
     """Lay out a document at `width` columns."""
-    _propagate(doc)
+    hard = _propagate(doc)
     out: list[str] = []
     col = 0
     pending: tuple[str, int] | None = None   # a newline owed after a comment
@@ -200,16 +208,19 @@ def render(doc, width: int = WIDTH) -> str:
                                      _fits([(ind, _FLAT, d.docs)], cmds, width - col))
             cmds.append((ind, _FLAT if flat else _BREAK, d.docs))
         elif isinstance(d, Fill):
-            parts = d.parts
-            if not parts:
-                continue
-            content = parts[0]
-            cfits = _fits([(ind, _FLAT, content)], [], width - col)
-            if len(parts) >= 3:
-                both = _fits([(ind, _FLAT, [content, parts[1], parts[2]])], [], width - col)
-                cmds.append((ind, mode, Fill(parts[2:])))
-                cmds.append((ind, _FLAT if both else _BREAK, parts[1]))
-            cmds.append((ind, _FLAT if cfits else _BREAK, content))
+            if d.parts:
+                cmds.append((ind, mode, _Rest(d.parts, 0)))
+        elif isinstance(d, _Rest):
+            # decided when its turn comes, at the column where the previous part ended
+            part, i = d.parts[d.i], d.i
+            if i + 1 < len(d.parts):
+                cmds.append((ind, mode, _Rest(d.parts, i + 1)))
+            if i % 2 == 0:      # content: flat if it fits and holds no forced newline
+                flat = not hard.get(id(part)) and _fits([(ind, _FLAT, part)], [], width - col)
+            else:               # separator: flat if the next content's first line fits
+                flat = not hard.get(id(part)) and \
+                    _fits([(ind, _FLAT, [part, d.parts[i + 1]])], [], width - col)
+            cmds.append((ind, _FLAT if flat else _BREAK, part))
         elif isinstance(d, Line):
             if mode == _BREAK or pending is not None:
                 newline(ind)
@@ -308,12 +319,21 @@ class _Printer:
             tok.before[-1].gap_after = True
         return [*tok.before, tok.text, *tok.after]
 
+    def close(self, text: str) -> tuple[list, list]:
+        """A closing bracket, and apart from it the comment trailing it: that comment
+        goes after the group, so it does not break the group open."""
+        doc = self.t(text)
+        trail = [d for d in doc if isinstance(d, Trail)]
+        return [d for d in doc if not isinstance(d, Trail)], trail
+
     def trailing_comma(self) -> list:
-        """A `,` before a closing bracket is dropped; its comments are kept."""
+        """A `,` before a closing bracket is dropped, unless a comment is attached to it
+        (two comments would meet on one line)."""
         tok, nxt = self.peek(), self.peek(1)
         if tok is not None and tok.text == "," and nxt is not None and nxt.text in _CLOSERS:
+            if tok.before or tok.after:
+                return self.t(",")
             self.i += 1
-            return [*tok.before, *tok.after]
         return []
 
     def claim_own(self) -> list:
@@ -356,7 +376,7 @@ class _Printer:
             raise _Unsafe("alias parameters without parentheses")
         return doc + [" ", self.t("="), " ", self.expr(item.target)]
 
-    def params(self, params: tuple[A.Param, ...]) -> Group:
+    def params(self, params: tuple[A.Param, ...]) -> list:
         open_ = self.t("(")
         parts: list = []
         for n, p in enumerate(params):
@@ -367,8 +387,9 @@ class _Printer:
                 doc += [" ", self.t("="), " ", self.expr(p.default)]
             parts.append(doc)
         tail = self.trailing_comma()
-        return Group([open_, Nest(2 * INDENT, [Line(soft=True), _fill(parts)]), tail,
-                      self.t(")")])
+        close, trail = self.close(")")
+        return [Group([open_, Nest(2 * INDENT, [Line(soft=True), _fill(parts)]), tail, close]),
+                trail]
 
     def body(self, body: tuple[A.Stmt, ...]) -> list:
         open_ = self.t("{")
@@ -409,8 +430,9 @@ class _Printer:
         if isinstance(e, A.Group):
             open_ = self.t("(")
             inner = self.expr(e.inner, level=True)
-            return Group([open_, Nest(INDENT, [Line(soft=True), inner]), Line(soft=True),
-                          self.t(")")])
+            close, trail = self.close(")")
+            return [Group([open_, Nest(INDENT, [Line(soft=True), inner]), Line(soft=True),
+                           close]), trail]
         if isinstance(e, A.ListE):
             return self.seq("[", e.items, "]")
         if isinstance(e, A.DictE):
@@ -454,10 +476,11 @@ class _Printer:
             else:
                 parts.append([self.t(arg.name), self.t("="), self.expr(arg.value)])
         tail = self.trailing_comma()
+        close, trail = self.close(")")
         if not parts:
-            return [name, open_, tail, self.t(")")]
-        return Group([name, open_, Nest(INDENT, [Line(soft=True), _fill(parts)]), tail,
-                      self.t(")")])
+            return [name, open_, tail, close, trail]
+        return [Group([name, open_, Nest(INDENT, [Line(soft=True), _fill(parts)]), tail,
+                       close]), trail]
 
     def seq(self, open_text: str, items, close_text: str):
         open_ = self.t(open_text)
@@ -471,8 +494,9 @@ class _Printer:
             else:
                 parts.append(self.expr(item))
         tail = self.trailing_comma()
-        return Group([open_, Nest(INDENT, [Line(soft=True), _fill(parts)]), tail,
-                      self.t(close_text)])
+        close, trail = self.close(close_text)
+        return [Group([open_, Nest(INDENT, [Line(soft=True), _fill(parts)]), tail, close]),
+                trail]
 
 
 def _fill(parts: list) -> Fill:
