@@ -10,15 +10,24 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from resdsl.arch import Arch
 from resdsl.errors import ResdslError
 from resdsl.limits import Limits
+
+if TYPE_CHECKING:
+    from resdsl.arch import Arch
+
+
+def __getattr__(name: str):
+    # `resdsl --help` and `import resdsl.errors` stay fast: the IR (networkx) loads on use
+    if name == "Arch":
+        from resdsl.arch import Arch
+        return Arch
+    raise AttributeError(f"module 'resdsl' has no attribute {name!r}")
 
 __all__ = ["Arch", "Limits", "ResdslError", "check_library", "create_model", "list_models",
            "load", "load_artifact", "loads", "model_params", "__version__"]
@@ -28,7 +37,7 @@ __version__ = "0.1.0"
 def loads(text: str, path: str = "<string>", *, model: str | None = None,
           params: dict[str, Any] | None = None, root: str | Path | None = None,
           lib: list[str | Path] | None = None, limits: Limits | None = None,
-          base_dir: str | Path | None = None) -> Arch:
+          base_dir: str | Path | None = None) -> "Arch":
     """Parse, elaborate and validate spec text.
 
     `use` reaches only files below `root` (default: the directory of `path`; none for
@@ -52,6 +61,7 @@ def loads(text: str, path: str = "<string>", *, model: str | None = None,
         env, module = loader.load_text(text, path, real)
         ref = choose_model(env, module, model)
         graph = validate(elaborate(ref, params, limits))
+    from resdsl.arch import Arch
     return Arch(graph, text, None if path == "<string>" else path)
 
 
@@ -76,7 +86,7 @@ def _guard():
 
 def load(path: str | Path, *, model: str | None = None,
          params: dict[str, Any] | None = None, root: str | Path | None = None,
-         lib: list[str | Path] | None = None, limits: Limits | None = None) -> Arch:
+         lib: list[str | Path] | None = None, limits: Limits | None = None) -> "Arch":
     """Load an .arch file; raises ResdslError (with file:line:col) if it is not valid.
     `use` in it reaches only below `root` (default: the file's directory), `lib`,
     `RESDSL_PATH` and the bundled library."""
@@ -87,6 +97,7 @@ def load(path: str | Path, *, model: str | None = None,
     if not os.path.lexists(path) and zoo.is_name(str(path)):
         found = zoo.find(str(path), lib)
         if found is None:
+            import difflib
             close = difflib.get_close_matches(str(path), zoo.list_models(lib=lib), n=3)
             raise ResdslError(f"{path}: no such file, and no model of that name",
                               hint=(f"did you mean {', '.join(close)}? " if close else "")
@@ -157,6 +168,7 @@ def check_library(path: str | Path, *, lib: list[str | Path] | None = None,
         try:
             with _guard():
                 g = validate(elaborate(env.lookup(name), None, limits))
+            from resdsl.arch import Arch
             arch = Arch(g, text, str(path))
             out.append((name, "model", f"ok: {len(g)} layers, {arch.num_params():,} "
                                        "parameters"))

@@ -192,7 +192,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             sys.stdout.write(source)
             return 0
         out = args.output
-        if os.path.isdir(out):
+        if out.endswith(("/", os.sep)) or os.path.isdir(out):
+            os.makedirs(out, exist_ok=True)
             out = os.path.join(out, f"{arch.name}.py")
         wpath = os.path.splitext(out)[0] + ".safetensors" if weights is not None else None
         for path in (out, wpath):
@@ -217,20 +218,33 @@ def cmd_compile(args: argparse.Namespace) -> int:
                     os.unlink(wpath)
             raise _exists(out) from None
         if wpath:
-            print(f"wrote {out} and {wpath}")
+            print(f"wrote {out} (class {_class_name(arch.name)}) and its weights {wpath} "
+                  f"(from {args.weights})")
         else:
-            print(f"wrote {out} (class {_class_name(arch.name)})")
+            print(f"wrote {out} (class {_class_name(arch.name)}; no weights: the module "
+                  "initialises itself)")
         return 0
     from resdsl.backends.tvm.artifact import build, write_artifact
     out = args.output or os.path.join("build", f"{arch.name}-{args.target}")
     if os.path.lexists(out) and not args.force:
         raise _exists(out)
     t = time.perf_counter()
+    last = [t]
+
+    def stage(text: str) -> None:
+        now = time.perf_counter()
+        print(f"  {text} ...  ({now - t:.1f} s)", file=sys.stderr, flush=True)
+        last[0] = now
     built = build(arch, args.target, weights=weights, batch=args.batch, db=args.db,
-                  seed=args.seed, cuda_arch=args.cuda_arch, weights_source=args.weights)
+                  seed=args.seed, cuda_arch=args.cuda_arch, weights_source=args.weights,
+                  stage=stage)
+    stage(f"writing {out}/")
     path = write_artifact(built, out, force=args.force)
-    print(f"wrote {path}/ ({arch.name}, {args.target}, batch {args.batch}, "
-          f"{time.perf_counter() - t:.1f} s)")
+    meta = built.metadata
+    where = f"{args.target}, {meta['cuda_arch']}" if args.target == "cuda" else \
+        f"{args.target}, {meta['cpu']}"
+    print(f"wrote {path}/ ({arch.name}, {where}, batch {args.batch}, weights: "
+          f"{meta['weights']}, {time.perf_counter() - t:.1f} s)")
     return 0
 
 
@@ -252,6 +266,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     meta = art.metadata
     print(f"{meta['model']} ({meta['target']}, batch {meta['batch']}): input "
           f"{list(x.shape)} {'from ' + args.input if args.input else '(random, seed 0)'}")
+    if str(meta.get("weights", "")).startswith("seeded"):
+        print(f"  note: the artifact holds {meta['weights']}, not trained weights: its "
+              "outputs are not predictions (compile with --weights FILE)")
     for i, row in enumerate(y.reshape(y.shape[0], -1)):
         top = np.argsort(-row)[:5]
         print(f"  sample {i}: top-5 " + ", ".join(f"{k}: {row[k]:.4f}" for k in top))
@@ -392,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--target", required=True, choices=["torch", "llvm", "cuda"])
     p.add_argument("-o", "--output", metavar="PATH",
-                   help="output file (torch; default: stdout) or directory (llvm, cuda)")
+                   help="output: for torch a .py file, or a directory (made if it ends in /) "
+                        "to write NAME.py into (default: stdout); for llvm/cuda the artifact "
+                        "directory (default: build/NAME-TARGET)")
     _weights_options(p, "a state_dict (.pt/.pth) or .safetensors file to check and ship "
                         "(float32; see --cast-weights)")
     p.add_argument("--force", action="store_true",
@@ -405,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the initialisation when no --weights are given (default 0; "
                         "the same weights as to_torch(seed=...))")
     p.add_argument("--cuda-arch", default=None, metavar="SM",
-                   help="CUDA architecture for --target cuda (default sm_90)")
+                   help="CUDA architecture for --target cuda, e.g. sm_80 (default: the local "
+                        "GPU's; without a GPU it must be given)")
     _spec_options(p)
     p.set_defaults(func=cmd_compile)
 

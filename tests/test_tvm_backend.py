@@ -145,7 +145,7 @@ def test_wrong_input_shape_is_a_clear_error(artifact):
 
 @pytest.fixture(scope="module")
 def resnext_cuda():
-    return build(resdsl.load(spec("resnext50_32x4d")), "cuda")
+    return build(resdsl.load(spec("resnext50_32x4d")), "cuda", cuda_arch="sm_90")
 
 
 def test_cuda_artifact_for_resnext50_builds_with_conv_kernels(resnext_cuda, tmp_path):

@@ -63,7 +63,7 @@ def default_weights(arch, seed: int = 0) -> dict:
 
 def build(arch, target: str = "llvm", *, weights: dict | None = None, batch: int = 1,
           db: str | None = None, seed: int = 0, cuda_arch: str | None = None,
-          weights_source: str | None = None) -> Built:
+          weights_source: str | None = None, stage=None) -> Built:
     """Lower `arch` to Relax and compile it for `target` ("llvm" or "cuda")."""
     import tvm
 
@@ -76,7 +76,7 @@ def build(arch, target: str = "llvm", *, weights: dict | None = None, batch: int
         weights = default_weights(arch, seed)
         weights_source = weights_source or f"seeded initialisation (seed {seed})"
     tgt = make_target(target, cuda_arch)
-    executable, lowered = compile_module(arch, weights, tgt, batch=batch, db=db)
+    executable, lowered = compile_module(arch, weights, tgt, batch=batch, db=db, stage=stage)
     meta = {
         "format": FORMAT,
         "resdsl_version": __version__,
@@ -89,7 +89,7 @@ def build(arch, target: str = "llvm", *, weights: dict | None = None, batch: int
         "target": target,
         "target_json": str(tgt.export() if hasattr(tgt, "export") else tgt),
         "cpu": host_cpu().mcpu if target == "llvm" else None,
-        "cuda_arch": (cuda_arch or "sm_90") if target == "cuda" else None,
+        "cuda_arch": str(tgt.arch) if target == "cuda" else None,
         "tvm_version": tvm.__version__,
         "tuning_db": str(Path(db).resolve()) if db else None,
         "weights": weights_source or "given state_dict",
@@ -363,6 +363,11 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
                               hint="run it on a machine with an NVIDIA GPU, or compile with "
                                    "--target llvm for this CPU")
         device = tvm.cuda(0)
+        from resdsl.backends.tvm.target import local_cuda_arch
+        here = local_cuda_arch()
+        if here != meta.get("cuda_arch"):
+            raise ResdslError(f"{root}: built for {meta.get('cuda_arch')}, this GPU is {here}",
+                              hint=f"recompile it with --cuda-arch {here} (or on this machine)")
     else:
         here = host_cpu().mcpu
         if meta["cpu"] not in _LEVEL:

@@ -20,11 +20,15 @@ def lower_for(arch, weights: dict, target, batch: int, tunable: bool = False):
     return lower(arch, weights, batch=batch, lanes=lanes, tunable=tunable)
 
 
-def compile_module(arch, weights: dict, target, batch: int = 1, db: str | None = None):
-    """Lower and compile; returns (executable, Lowered)."""
+def compile_module(arch, weights: dict, target, batch: int = 1, db: str | None = None,
+                   stage=None):
+    """Lower and compile; returns (executable, Lowered). `stage(text)`, if given, is
+    called as each stage of the work starts (lowering, building)."""
     import tvm
 
     from resdsl.backends.tvm.tune import apply_database, prepare
+    stage = stage or (lambda text: None)
+    stage("lowering to Relax")
     lowered = lower_for(arch, weights, target, batch, tunable=db is not None)
     mod = lowered.mod
     if db is not None:
@@ -36,6 +40,8 @@ def compile_module(arch, weights: dict, target, batch: int = 1, db: str | None =
         mod = prepare(mod, target)
     if target.kind.name == "llvm":
         mod = _parallelize_rest(mod)
+    stage(f"building for {target.kind.name}"
+          + (f" ({target.arch})" if target.kind.name == "cuda" else ""))
     with target:
         ex = tvm.compile(mod, target=target)
     return ex, lowered

@@ -14,6 +14,7 @@ before the pool starts; a value the user set is kept.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from resdsl.errors import ResdslError
@@ -78,13 +79,39 @@ def configure_threads() -> int:
     return n
 
 
+def local_cuda_arch() -> str | None:
+    """The compute capability of this machine's first GPU as `sm_XY`, or None."""
+    import tvm
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        return None
+    return "sm_" + str(dev.compute_version).replace(".", "")
+
+
+def cuda_arch(arch: str | None) -> str:
+    """The GPU architecture to compile for: the one asked for (`sm_86`), else the local
+    GPU's; without either it is an error, never a silent guess."""
+    if arch is not None:
+        if not re.fullmatch(r"sm_\d{2,3}[a-z]?", arch):
+            raise ResdslError(f"--cuda-arch {arch!r} is not a CUDA architecture",
+                              hint="write it as sm_XY, e.g. sm_80 (A100), sm_86, sm_90 (H100)")
+        return arch
+    local = local_cuda_arch()
+    if local is None:
+        raise ResdslError("no GPU here to compile for, and no --cuda-arch given",
+                          hint="name the GPU's architecture: --cuda-arch sm_80 (A100), sm_86 "
+                               "(RTX 30xx), sm_89 (L4, RTX 40xx), sm_90 (H100/H200)")
+    return local
+
+
 def make_target(kind: str, arch: str | None = None):
-    """`llvm` (this machine's CPU) or `cuda` (arch sm_XX, default sm_90) as a tvm Target."""
+    """`llvm` (this machine's CPU) or `cuda` (for `arch`, else the local GPU's) as a tvm
+    Target."""
     import tvm
     if kind == "llvm":
         cpu = host_cpu()
         return tvm.target.Target({"kind": "llvm", "mcpu": cpu.mcpu, "num-cores": cpu.cores})
     if kind == "cuda":
-        return tvm.target.Target({"kind": "cuda", "arch": arch or "sm_90"},
+        return tvm.target.Target({"kind": "cuda", "arch": cuda_arch(arch)},
                                  host={"kind": "llvm", "mcpu": host_cpu().mcpu})
     raise ResdslError(f"unknown target `{kind}`", hint="use llvm (CPU) or cuda (NVIDIA GPU)")
