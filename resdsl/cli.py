@@ -328,6 +328,34 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Structural diff of two specs; with --weights, whether a checkpoint loads into A
+    (or B). Exit 0 when they are the same (and the weights load), 1 otherwise."""
+    from resdsl.diff import diff, weights_report
+    if args.b is None and not args.weights:
+        raise ResdslError("resdsl diff needs a second spec B, or --weights FILE",
+                          hint="resdsl diff specs/resnet50.arch specs/resnext50_32x4d.arch")
+    a = _load(args.a, args)
+    status = 0
+    if args.b is not None:
+        result = diff(a, _load(args.b, args))
+        if args.json:
+            print(json.dumps(result.to_json(), indent=1))
+        else:
+            sys.stdout.write(result.render())
+        status = 0 if result.same else 1
+    if args.weights:
+        target = _load(args.b, args) if args.b is not None else a
+        text, ok = weights_report(target, args.weights, cast=args.cast_weights)
+        if not args.json:
+            sys.stdout.write(("\n" if args.b is not None else "") + text)
+        elif args.b is None:
+            print(json.dumps({"weights": args.weights, "model": target.name, "loads": ok,
+                              "report": text}, indent=1))
+        status = status or (0 if ok else 1)
+    return status
+
+
 def cmd_fmt(args: argparse.Namespace) -> int:
     """Format specs in place (atomically, only those whose layout changes), or with
     --check / --diff report what would change and write nothing."""
@@ -474,6 +502,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write nothing; exit 1 if a file would change (for CI)")
     p.add_argument("--diff", action="store_true", help="write nothing; print a unified diff")
     p.set_defaults(func=cmd_fmt)
+
+    p = sub.add_parser("diff", help="structural diff of two networks, or spec vs checkpoint",
+                       description="Compare two specs layer by layer (matched by name): "
+                                   "layers added, removed and changed (op, attributes, "
+                                   "output shape, parameters, inputs), totals, the first "
+                                   "divergence and a summary in words. With --weights, say "
+                                   "whether the checkpoint loads into B (or A) and which "
+                                   "tensors do not match. Exit 1 if anything differs.")
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B", nargs="?")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _weights_options(p, "a state_dict (.pt/.pth) or .safetensors file: will it load "
+                        "(strictly) into B, or into A when B is not given?")
+    _spec_options(p)
+    p.set_defaults(func=cmd_diff)
     return parser
 
 
