@@ -144,7 +144,7 @@ def check_library(path: str | Path, *, lib: list[str | Path] | None = None,
                   limits: Limits | None = None) -> list[tuple[str, str, str]]:
     """Check every model a file defines that can be built with its defaults, for a
     library file (no single model to check). Returns (name, kind, outcome) per definition:
-    outcome "ok: ...", "needs PARAMS" (not checkable alone), or an error's first line;
+    outcome "ok: ...", "needs PARAMS" (not checkable alone), or the rendered error;
     blocks are listed as "block (used by the models)". Raises ResdslError if the file
     itself does not parse."""
     from resdsl.elaborate import elaborate, is_model
@@ -173,7 +173,7 @@ def check_library(path: str | Path, *, lib: list[str | Path] | None = None,
             out.append((name, "model", f"ok: {len(g)} layers, {arch.num_params():,} "
                                        "parameters"))
         except ResdslError as err:
-            out.append((name, "model", err.render().splitlines()[0]))
+            out.append((name, "model", err.render()))
     return out
 
 

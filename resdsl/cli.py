@@ -104,16 +104,24 @@ def _library_check(path: str, args: argparse.Namespace, err: ResdslError) -> int
     """For a file with no single model to check (a block library): check each model it
     can build with its defaults; None if `path` is not such a file."""
     import resdsl
-    library = ("defines no model" in err.message or "models (" in err.message or
-               "needs a value for its parameter" in err.message)
-    if args.model or args.param or not library or not os.path.isfile(path):
+    if args.model or args.param or not os.path.isfile(path):
         return None
-    results = resdsl.check_library(path, lib=args.lib)
-    bad = [r for r in results if r[1] == "model" and not r[2].startswith(("ok", "needs"))]
-    for name, kind, outcome in results:
-        print(f"{path}: {kind} {name}: {outcome}", file=sys.stderr if (name, kind, outcome)
-              in bad else sys.stdout)
-    return 1 if bad else 0
+    library = "defines no model" in err.message or "models (" in err.message
+    if not library:
+        try:
+            library = any(d is None for _, d in resdsl.model_params(path, lib=args.lib))
+        except ResdslError:
+            return None
+    if not library:
+        return None
+    status = 0
+    for name, kind, outcome in resdsl.check_library(path, lib=args.lib):
+        if kind == "model" and not outcome.startswith(("ok", "needs")):
+            print(outcome, file=sys.stderr)
+            status = 1
+        else:
+            print(f"{path}: {kind} {name}: {outcome}")
+    return status
 
 
 def cmd_check(args: argparse.Namespace) -> int:

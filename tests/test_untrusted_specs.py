@@ -110,10 +110,11 @@ def test_generated_statements_are_the_models_own():
     tree = ast.parse(resdsl.loads(text, "m.arch").torch_source())
     cls = tree.body[-1]
     methods = {f.name: f for f in cls.body if isinstance(f, ast.FunctionDef)}
-    assert set(methods) == {"__init__", "reset_parameters", "forward"}
-    for stmt in methods["forward"].body[:-1]:
+    assert set(methods) == {"__init__", "reset_parameters", "forward", "forward_features",
+                            "forward_head", "get_classifier", "reset_classifier"}
+    for stmt in methods["forward_features"].body[:-1]:
         assert isinstance(stmt, ast.Assign)
-    assert isinstance(methods["forward"].body[-1], ast.Return)
+    assert isinstance(methods["forward_features"].body[-1], ast.Return)
     init = methods["__init__"].body
     registered = [s for s in init if isinstance(s, ast.Expr) and
                   ast.unparse(s).split("(")[0].endswith("add_module")]
