@@ -98,8 +98,19 @@ def _excerpt(span: Span) -> list[str]:
     else:
         length = max(len(text.rstrip()) - start + 1, 1)
     expanded = text.replace("\t", " ")
+    if len(expanded) > _WIDTH:  # a long line: a window around the caret
+        lo = max(0, min(start - 1 - _WIDTH // 3, len(expanded) - _WIDTH))
+        shown = expanded[lo:lo + _WIDTH]
+        prefix = "..." if lo > 0 else ""
+        suffix = "..." if lo + _WIDTH < len(expanded) else ""
+        start = start - lo + len(prefix)
+        length = max(1, min(length, len(shown) + len(prefix) - start + 1))
+        expanded = prefix + shown + suffix
     return [f"{str(span.line).rjust(len(gutter))} | {expanded}",
             f"{gutter} | {' ' * (start - 1)}{'^' * length}"]
+
+
+_WIDTH = 150  # characters of a source line shown in an error
 
 
 def render(err: ResdslError) -> str:
