@@ -1,5 +1,7 @@
 """How long `resdsl check` takes on the deepest reference specs (goal: ResNet-1202 well
-under a second). Prints a table; run: python benchmarks/check_speed.py
+under a second), and the start-up of `resdsl --help` and `resdsl check resnet50` as ratios
+to `python -c pass` measured in the same run (goals: --help <= 0.15 s, check resnet50 <=
+0.35 s on a 2-core machine). Prints tables; run: python benchmarks/check_speed.py
 
 Times are for the whole command in a fresh process (interpreter start-up and imports
 included, as a user sees it) and for the load alone (parse + elaborate + validate)."""
@@ -34,7 +36,28 @@ def load_time(spec: str, repeats: int = 5) -> tuple[float, int]:
     return statistics.median(times), len(arch.graph)
 
 
+def startup(repeats: int = 7) -> None:
+    """Interleaved: python -c pass, resdsl --help, resdsl check resnet50."""
+    cmds = {"python -c pass": [sys.executable, "-c", "pass"],
+            "resdsl --help": [sys.executable, "-m", "resdsl", "--help"],
+            "resdsl check resnet50": [sys.executable, "-m", "resdsl", "check", "-q",
+                                      "resnet50"]}
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(repeats):
+        for name, cmd in cmds.items():
+            t = time.perf_counter()
+            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - t)
+    base = statistics.median(times["python -c pass"])
+    print(f"{'command':<24} {'median (ms)':>12} {'/ python -c pass':>17}")
+    for name in cmds:
+        m = statistics.median(times[name])
+        print(f"{name:<24} {m * 1000:>12.0f} {m / base:>17.2f}")
+    print()
+
+
 def main() -> None:
+    startup()
     baseline = []
     for _ in range(5):
         t = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Sequence
@@ -73,7 +74,9 @@ def _spec_options(p: argparse.ArgumentParser) -> None:
 
 
 def _weights_options(p: argparse.ArgumentParser, help: str) -> None:
-    p.add_argument("--weights", metavar="FILE", help=help)
+    p.add_argument("--weights", metavar="FILE|NAME",
+                   help=help + "; or a torchvision weights name such as IMAGENET1K_V2 for "
+                               "a torchvision model (fetched through torchvision's cache)")
     p.add_argument("--cast-weights", action="store_true",
                    help="convert float16/bfloat16/float64 weights to float32 (without it "
                         "they are refused; integer/bool tensors and NaN/Inf values are "
@@ -84,11 +87,16 @@ def _weights(arch, args: argparse.Namespace) -> dict | None:
     """The weights file of --weights, checked against the spec by name, shape, dtype
     (float32, or converted with --cast-weights) and finiteness."""
     path = args.weights
+    args.weights_meta = None
     if not path:
         return None
     from resdsl.weights import check_weights, load_weights
     cast = bool(getattr(args, "cast_weights", False))
-    weights = load_weights(path, cast=cast)
+    if not os.path.lexists(path) and re.fullmatch(r"(\w+_Weights\.)?[A-Z][A-Z0-9_]*", path):
+        from resdsl.hub import torchvision_weights
+        weights, args.weights_meta = torchvision_weights(arch.name, path)
+    else:
+        weights = load_weights(path, cast=cast)
     report = check_weights(arch, weights, cast=cast)
     if not report.ok:
         raise report.error(path)
@@ -176,10 +184,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return _print_params(args)
     arch = _load(args.spec, args)
     _weights(arch, args)
+    pre = getattr(args, "weights_meta", None)
     if args.json:
-        print(json.dumps(arch.to_json(args.depth), indent=1))
+        data = arch.to_json(args.depth)
+        if pre:
+            data["weights"] = pre
+        print(json.dumps(data, indent=1))
     else:
         print(arch.summary(args.depth))
+        if pre:
+            print(f"weights: {pre['source']}; preprocessing: resize {pre.get('resize_size')}, "
+                  f"crop {pre.get('crop_size')}, mean {pre.get('mean')}, std {pre.get('std')}")
     return 0
 
 
@@ -246,6 +261,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     built = build(arch, args.target, weights=weights, batch=args.batch, db=args.db,
                   seed=args.seed, cuda_arch=args.cuda_arch, weights_source=args.weights,
                   stage=stage)
+    if getattr(args, "weights_meta", None):
+        built.metadata["preprocessing"] = args.weights_meta
     stage(f"writing {out}/")
     path = write_artifact(built, out, force=args.force)
     meta = built.metadata

@@ -258,3 +258,17 @@ def test_help_and_check_do_not_import_torch_or_tvm():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_cli_weights_by_torchvision_name_carry_preprocessing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    w = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(),
+               tmp_path / "hub" / "checkpoints" / w.url.rsplit("/", 1)[1])
+    assert main(["inspect", "resnet18", "--weights", "IMAGENET1K_V1", "--json"]) == 0
+    import json
+    data = json.loads(capsys.readouterr().out)
+    assert data["weights"]["mean"] == [0.485, 0.456, 0.406]
+    assert data["weights"]["std"] == [0.229, 0.224, 0.225]
+    assert data["weights"]["source"] == "torchvision ResNet18_Weights.IMAGENET1K_V1"
