@@ -16,7 +16,9 @@ import fuzzing
 
 SEED = 20261201
 CASES = 2000         # measured 28 s with 2 workers on 2 cores (8 of them 5 s timeouts)
-TIMEOUT = 5.0
+# The 5 s goal per case is measured by benchmarks/fuzz.py on a quiet machine; here the
+# cap only catches hangs, with room for CI machines up to 4x slower than this one.
+TIMEOUT = 20.0
 MAX_FAILURES = 10    # stop early when the loader is badly broken (each timeout costs 5 s)
 
 
