@@ -15,27 +15,18 @@ True
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from resdsl.loader import bundled_library
+from resdsl.loader import search_roots
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def zoo_dirs(lib=None) -> list[Path]:
-    """Directories searched for models by name, in order."""
-    env = [p for p in os.environ.get("RESDSL_PATH", "").split(os.pathsep) if p]
-    out: list[Path] = []
-    for d in [*(lib or []), *env, bundled_library()]:
-        if d is None:
-            continue
-        p = Path(d).resolve()
-        if p.is_dir() and p not in out:
-            out.append(p)
-    return out
+    """Directories searched for models by name, in order: the library search path."""
+    return search_roots(None, lib)
 
 
 def _index(lib=None) -> dict[str, Path]:
