@@ -1,0 +1,806 @@
+"""Lift an nn.Module into a spec: `resdsl.from_torch` and `resdsl import`.
+
+>>> import torchvision, torch
+>>> text = resdsl.from_torch(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+>>> resdsl.loads(text).to_torch().load_state_dict(torchvision.models.resnet18().state_dict())
+
+How: torch.fx traces the module with a tracer that records, for every node, the stack of
+(non-leaf) modules it was created in. That gives a tree of *scopes*, one per module
+instance, each a small dataflow graph of items (an op, or a call into a child scope). A
+scope is written as
+
+- the model, for the root;
+- `dense(...)`, for a scope whose children are layers of one block fed the concatenation
+  of the input and every earlier layer's output (torchvision's `_DenseBlock`);
+- a group `(a -> b -> ...)` or, when its children are instances of one block,
+  `stage(b(...), n=N, first={...})`, for a plain `nn.Sequential`;
+- a `block` call for anything else: the instances of one class are *anti-unified*: their
+  bodies, printed with every number left as a hole, must read the same; the holes that
+  differ become block parameters (`planes`, `stride`, ...), channel counts that are a
+  fixed multiple of another become `planes * 4`, and a residual operand that is a
+  projection in some instances and the identity in others becomes `shortcut(...)`.
+
+Names taken from the module (class and attribute names) are checked to be labels or
+identifiers before they reach the spec; anything the language cannot say stops with a
+ResdslError naming the module's qualified name.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from resdsl.errors import ResdslError
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# the language's words: never a label or name; its ops and combinators: never a block
+_KEYWORDS = {"use", "block", "model", "input", "return", "if", "then", "else", "true",
+             "false", "and", "or", "not", "in"}
+_RESERVED = _KEYWORDS | {"conv", "bn", "relu", "maxpool", "avgpool",
+             "global_avgpool", "flatten", "linear", "dropout", "add", "concat", "zeropad",
+             "stage", "dense", "paths", "shortcut", "floor", "ceil", "round", "int", "min",
+             "max", "abs", "len"}
+
+
+def _show(name: str) -> str:
+    """A module-given name as it may appear in a message: plain, or escaped."""
+    if name == "":
+        return "the model itself"
+    return f"`{name}`" if re.fullmatch(r"[\w.]{1,200}", name, re.ASCII) else ascii(name)[:200]
+
+
+def _fail(qname: str, what: str, hint: str | None = None) -> ResdslError:
+    return ResdslError(f"cannot import {_show(qname)}: {what}", hint=hint or
+                       "the language has the ops conv, bn, relu, maxpool, avgpool, "
+                       "global_avgpool, flatten, linear, dropout, add, concat and zeropad "
+                       "(docs/language.md)")
+
+
+def _label_ok(name: str) -> bool:
+    return bool(_IDENT.fullmatch(name)) and name not in _KEYWORDS
+
+
+def _snake(cls: type, qname: str) -> str:
+    raw = cls.__name__
+    if not isinstance(raw, str) or not _IDENT.fullmatch(raw.lstrip("_") or "?"):
+        raise _fail(qname, f"its class name {ascii(raw)[:80]} is not a valid block name",
+                    hint="rename the class to a plain identifier")
+    s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", raw.lstrip("_")).lower()
+    return s + "_block" if s in _RESERVED else s
+
+
+# ---- holes: the numbers of a template -------------------------------------------------
+
+@dataclass
+class Hole:
+    """A number in a template. `prefix` is the text before it (`, s=`); rendered as ""
+    when its value is `default` (the op's own default)."""
+
+    kind: str          # "channels", "stride", "groups", "n" or "other"
+    value: Any
+    hint: str
+    prefix: str = ""
+    default: Any = None
+
+
+@dataclass
+class Skip:
+    """A residual operand: a projection (its parts) or None for the identity."""
+
+    proj: list | None
+
+
+SKIPREF = object()   # where the add names its residual operand: `skip` or `in`
+
+
+def _lit(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ResdslError(f"a constant {v} cannot be written in a spec")
+        return repr(v)
+    return str(int(v))
+
+
+# ---- ops: a table from module class / function to (op, hole list) ----------------------
+
+def _pair(v, qname: str, what: str):
+    if isinstance(v, (tuple, list)):
+        if len(set(v)) != 1:
+            raise _fail(qname, f"its {what} {tuple(v)} is not square",
+                        hint="the language's conv and pooling take one size for H and W")
+        v = v[0]
+    if not isinstance(v, int):
+        raise _fail(qname, f"its {what} {ascii(v)[:40]} is not a whole number")
+    return v
+
+
+def _conv(m: nn.Conv2d, q: str, label: str) -> tuple[str, list]:
+    if type(m) is not nn.Conv2d or m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise _fail(q, f"{type(m).__name__} with padding {m.padding!r}/{m.padding_mode!r} "
+                       "is not the language's conv (2-d, numeric zero padding)")
+    k, s = _pair(m.kernel_size, q, "kernel size"), _pair(m.stride, q, "stride")
+    p, d = _pair(m.padding, q, "padding"), _pair(m.dilation, q, "dilation")
+    return "conv", [Hole("channels", m.out_channels, "planes"),
+                    Hole("other", k, f"{label}_k", ", k="),
+                    Hole("stride", s, "stride", ", s=", 1),
+                    Hole("other", p, f"{label}_p", ", p=", 0),
+                    Hole("other", d, f"{label}_d", ", d=", 1),
+                    Hole("groups", m.groups, "groups", ", groups=", 1),
+                    Hole("other", m.bias is not None, f"{label}_bias", ", bias=", False)]
+
+
+def _bn(m: nn.BatchNorm2d, q: str, label: str) -> tuple[str, list]:
+    if not (m.affine and m.track_running_stats) or m.momentum is None:
+        raise _fail(q, "a BatchNorm2d without affine parameters, running statistics or "
+                       "momentum is not the language's bn")
+    return "bn", [Hole("other", float(m.eps), f"{label}_eps", "eps=", 1e-5),
+                  Hole("other", float(m.momentum), f"{label}_momentum", ", momentum=", 0.1)]
+
+
+def _pool(op: str):
+    def make(m, q: str, label: str) -> tuple[str, list]:
+        if op == "maxpool" and (_pair(m.dilation, q, "dilation") != 1 or m.return_indices):
+            raise _fail(q, "a dilated max pooling or one returning indices")
+        if op == "avgpool" and (not m.count_include_pad or m.divisor_override):
+            raise _fail(q, "average pooling that leaves the padding out of the count")
+        k = _pair(m.kernel_size, q, "kernel size")
+        return op, [Hole("other", k, f"{label}_k", "k="),
+                    Hole("stride", _pair(m.stride or k, q, "stride"), "stride", ", s=", k),
+                    Hole("other", _pair(m.padding, q, "padding"), f"{label}_p", ", p=", 0),
+                    Hole("other", bool(m.ceil_mode), f"{label}_ceil", ", ceil_mode=",
+                         False)]
+    return make
+
+
+def _global(m, q: str, label: str) -> tuple[str, list]:
+    if m.output_size not in (1, (1, 1), [1, 1]):
+        raise _fail(q, f"adaptive pooling to {m.output_size!r} (only to 1x1: "
+                       "global_avgpool)")
+    return "global_avgpool", []
+
+
+def _flatten(m, q: str, label: str) -> tuple[str, list]:
+    if (m.start_dim, m.end_dim) != (1, -1):
+        raise _fail(q, "a flatten of other dimensions than all but the batch")
+    return "flatten", []
+
+
+def _linear(m: nn.Linear, q: str, label: str) -> tuple[str, list]:
+    return "linear", [Hole("channels", m.out_features, "features"),
+                      Hole("other", m.bias is not None, f"{label}_bias", ", bias=", True)]
+
+
+def _dropout(m, q: str, label: str) -> tuple[str, list]:
+    return "dropout", [Hole("other", float(m.p), f"{label}_p", "p=", 0.5)]
+
+
+MODULES: dict[type, Callable[[Any, str, str], tuple[str, list]]] = {
+    nn.Conv2d: _conv, nn.BatchNorm2d: _bn,
+    nn.ReLU: lambda m, q, label: ("relu", []),
+    nn.MaxPool2d: _pool("maxpool"), nn.AvgPool2d: _pool("avgpool"),
+    nn.AdaptiveAvgPool2d: _global, nn.Flatten: _flatten, nn.Linear: _linear,
+    nn.Dropout: _dropout,
+}
+
+
+def _fn_op(node: fx.Node, q: str) -> tuple[str, list]:
+    """The op of a call_function / call_method node (positional tensor inputs apart)."""
+    t, args, kw = node.target, node.args, node.kwargs
+    if t in (F.relu, torch.relu, torch.relu_, "relu", "relu_"):
+        return "relu", []
+    if t in (operator.add, operator.iadd, torch.add, "add", "add_") and len(args) == 2 \
+            and all(isinstance(a, fx.Node) for a in args) and not kw.get("alpha", 1) != 1:
+        return "add", []
+    if t is torch.cat and kw.get("dim", args[1] if len(args) > 1 else 0) == 1:
+        return "concat", []
+    if t in (torch.flatten, "flatten") and \
+            (args[1:] + (kw.get("start_dim", 1),))[0] == 1 and kw.get("end_dim", -1) == -1:
+        return "flatten", []
+    if t is F.adaptive_avg_pool2d and (args[1:] + (kw.get("output_size"),))[0] in \
+            (1, (1, 1), [1, 1]):
+        return "global_avgpool", []
+    if t is F.dropout and not kw.get("inplace", False):
+        p = (args[1:] + (kw.get("p", 0.5),))[0]
+        return "dropout", [Hole("other", float(p), "drop_p", "p=", 0.5)]
+    name = getattr(t, "__qualname__", None) or str(t)
+    raise _fail(q, f"it calls {ascii(name)[:80].strip(chr(39))}, which the language has "
+                   "no op for")
+
+
+# ---- tracing: nodes with the module stack they were made in ----------------------------
+
+class _Tracer(fx.Tracer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = [""]
+        self.calls: Counter = Counter()
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return type(m) in MODULES or type(m) is nn.Identity or \
+            super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        name = self.path_of_module(m)
+        self.calls[name] += 1
+        if self.is_leaf_module(m, name):
+            return super().call_module(m, forward, args, kwargs)
+        self.stack.append(name)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.stack.pop()
+
+    def create_node(self, *args, **kwargs):
+        node = super().create_node(*args, **kwargs)
+        node.meta["resdsl_stack"] = tuple(self.stack)
+        return node
+
+
+# ---- scopes ----------------------------------------------------------------------------
+
+@dataclass
+class Item:
+    out: fx.Node
+    inputs: list[fx.Node]
+    op: str | None = None            # an op, or None for a child scope
+    holes: list = field(default_factory=list)
+    label: str | None = None         # the module's name relative to the scope
+    child: "Scope | None" = None
+
+
+@dataclass
+class Scope:
+    qname: str
+    module: nn.Module
+    items: list[Item] = field(default_factory=list)
+    inputs: list[fx.Node] = field(default_factory=list)
+    output: fx.Node | None = None
+    dense: bool = False               # written as dense(...)
+    member: bool = False              # a layer of a dense scope: its input is a list
+    block: "Block | None" = None
+    args: dict = field(default_factory=dict)   # this instance's block arguments
+
+    def rel(self, qname: str) -> str:
+        return qname[len(self.qname) + 1:] if self.qname else qname
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: out.append(n) or n)
+    return out
+
+
+def _build(root: nn.Module, graph: fx.Graph, calls: Counter) -> Scope:
+    modules = dict(root.named_modules())
+    nodes = [n for n in graph.nodes if n.op not in ("placeholder", "output")]
+    outputs = [n for n in graph.nodes if n.op == "output"]
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise _fail("", f"its forward takes {len(placeholders)} inputs; a model has one")
+    result = outputs[0].args[0]
+    if not isinstance(result, fx.Node):
+        raise _fail("", "its forward returns several values; a model returns one tensor")
+    alias: dict[fx.Node, fx.Node] = {}     # nn.Identity: its output is its input
+
+    def real(n: fx.Node) -> fx.Node:
+        while n in alias:
+            n = alias[n]
+        return n
+
+    def make(qname: str, depth: int, members: list[fx.Node]) -> Scope:
+        scope = Scope(qname, modules[qname])
+        inside = set(members)
+        groups: dict[str, list[fx.Node]] = {}
+        order: list[tuple[str, Any]] = []
+        for n in members:
+            stack = n.meta["resdsl_stack"]
+            if len(stack) > depth + 1:
+                if stack[depth + 1] not in groups:
+                    groups[stack[depth + 1]] = []
+                    order.append(("child", stack[depth + 1]))
+                groups[stack[depth + 1]].append(n)
+            else:
+                order.append(("node", n))
+        for kind, what in order:
+            if kind == "child":
+                child = make(what, depth + 1, groups[what])
+                rel = scope.rel(what)
+                scope.items.append(Item(child.output, child.inputs, child=child, label=rel))
+                continue
+            n = what
+            ins = [real(i) for i in _tensor_inputs(n)]
+            if n.op == "call_module":
+                m = modules[n.target]
+                if type(m) is nn.Identity:
+                    alias[n] = ins[0]
+                    continue
+                if type(m) not in MODULES:
+                    raise _fail(n.target, f"it is {type(m).__module__}.{type(m).__name__}, "
+                                          "which the language has no op for")
+                label = scope.rel(n.target)
+                op, holes = MODULES[type(m)](m, n.target, label if _label_ok(label) else "x")
+                scope.items.append(Item(n, ins, op, holes, label))
+            elif n.op in ("call_function", "call_method"):
+                if n.target is operator.getitem or n.target in ("size", "dim"):
+                    raise _fail(qname, "it reads shapes or indexes tensors "
+                                       f"({n.target if isinstance(n.target, str) else 'getitem'})")
+                op, holes = _fn_op(n, qname)
+                scope.items.append(Item(n, ins, op, holes))
+            else:
+                raise _fail(qname, f"it uses {n.op} `{n.target}` (a parameter used directly)"
+                            if n.op == "get_attr" else f"it has a {n.op} node")
+        made = {i.out for i in scope.items}
+        seen: list[fx.Node] = []
+        for it in scope.items:
+            for i in it.inputs:
+                if i not in made and i not in seen:
+                    seen.append(i)
+        scope.inputs = seen
+        used_outside = {real(n) for m in nodes if m not in inside for n in _tensor_inputs(m)}
+        used_outside |= {real(result)}
+        outs = [it.out for it in scope.items if it.out in used_outside]
+        if qname and len(outs) != 1:
+            raise _fail(qname, f"it returns {len(outs)} tensors; a block returns one")
+        scope.output = outs[0] if outs else (seen[0] if seen else None)
+        return scope
+
+    top = make("", 0, nodes)
+    top.output = real(result)
+    for name, count in calls.items():
+        m = modules[name]
+        if count > 1 and (type(m) not in MODULES or any(True for _ in m.parameters())):
+            raise _fail(name, f"it is called {count} times (shared weights); every layer "
+                              "of a spec has its own name and parameters")
+    return top
+
+
+# ---- the pieces of scopes written inline -----------------------------------------------
+
+def _is_dense(s: Scope) -> bool:
+    kids = s.items[:-1]
+    if len(s.items) < 2 or len(s.inputs) != 1 or any(k.child is None for k in kids):
+        return False
+    last = s.items[-1]
+    if last.op != "concat" or last.inputs != [s.inputs[0]] + [k.out for k in kids]:
+        return False
+    for i, k in enumerate(kids):
+        if k.inputs != [s.inputs[0]] + [p.out for p in kids[:i]]:
+            return False
+        first = k.child.items[0] if k.child.items else None
+        if first is None or first.op != "concat" or first.inputs != k.child.inputs:
+            return False
+    return True
+
+
+def _mark(s: Scope) -> None:
+    for it in s.items:
+        if it.child is not None:
+            _mark(it.child)
+    if s.qname and _is_dense(s):
+        s.dense = True
+        for it in s.items[:-1]:
+            it.child.member = True
+
+
+def _name_template(qname: str, names: list[str]) -> str | None:
+    """The `name=` of stage/dense for children named `names`: None for 0, 1, ...."""
+    if names == [str(i) for i in range(len(names))]:
+        return None
+    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]{0,40}?)(\d+)", names[0])
+    if m:
+        start = int(m.group(2))
+        if names == [f"{m.group(1)}{start + i}" for i in range(len(names))]:
+            return f'"{m.group(1)}{{i+{start}}}"' if start else f'"{m.group(1)}{{i}}"'
+    raise _fail(qname, "its repeated layers are not named 0, 1, ... or NAME1, NAME2, ...")
+
+
+# ---- templates: a scope's text with its numbers as holes -------------------------------
+
+_ADD_NAMES = ("main", "skip")
+
+
+def _channels(n: fx.Node) -> int:
+    meta = n.meta.get("tensor_meta")
+    return int(meta.shape[1]) if meta is not None else -1
+
+
+def _label(it: Item, s: Scope, position: int | None, loose: set[str]) -> str:
+    """`label: ` for an item: its module's name where the name matters (parameters), or
+    where it reads well; nothing where a group's position names it."""
+    if it.label is None:
+        return ""
+    if position is not None and it.label == str(position):
+        return ""
+    weighty = it.child is not None or \
+        any(True for _ in s.module.get_submodule(it.label).parameters())
+    if _label_ok(it.label) and (weighty or it.label not in loose):
+        return it.label + ": "
+    if weighty:
+        q = f"{s.qname}.{it.label}" if s.qname else it.label
+        raise _fail(q, f"its name {_show(it.label)} cannot be a layer label here",
+                    hint="a label is an identifier; numbered names (`0`, `1`) come only "
+                         "from nn.Sequential positions and stage/dense repetitions")
+    return ""
+
+
+def _call(block: "Block", args: dict, first: bool = True) -> list:
+    parts: list = [block.name, "("]
+    for i, (pname, kind, default) in enumerate(block.params):
+        if kind == "channels":
+            parts.append(Hole(kind, args[pname], pname, "" if i == 0 else ", "))
+        else:
+            parts.append(Hole(kind, args[pname], pname, f", {pname}=", default))
+    return parts + [")"]
+
+
+def _layer(it: Item, s: Scope, position: int | None, loose: set[str]) -> list:
+    head = _label(it, s, position, loose)
+    if it.child is None:
+        return [head, it.op, "("] + it.holes + [")"] if it.holes else [head, it.op]
+    c = it.child
+    kids = [k for k in c.items if k.child is not None]
+    if c.dense:
+        layers = c.items[:-1]
+        blocks = {id(k.child.block) for k in layers}
+        if len(blocks) != 1 or any(k.child.args != layers[0].child.args for k in layers):
+            raise _fail(c.qname, "its dense layers differ; dense(...) repeats one layer")
+        name = _name_template(c.qname, [k.label for k in layers])
+        return [head, "dense("] + _call(layers[0].child.block, layers[0].child.args) + \
+            [Hole("n", len(layers), "n", ", n=")] + \
+            ([f", name={name}"] if name else []) + [")"]
+    if type(c.module) is not nn.Sequential:
+        if c.member:
+            raise _fail(c.qname, "it takes a list of tensors outside a dense block")
+        return [head] + _call(c.block, c.args)
+    chain = c.items and c.items[0].inputs == c.inputs[:1] and len(c.inputs) == 1 and all(
+        b.inputs == [a.out] for a, b in zip(c.items, c.items[1:]))
+    if not chain or c.output is not c.items[-1].out:
+        raise _fail(c.qname, "its layers are not a chain (an nn.Sequential whose forward "
+                             "was replaced?)")
+    same = len(kids) == len(c.items) and len({id(k.child.block) for k in kids}) == 1 \
+        and not any(k.child.dense or type(k.child.module) is nn.Sequential for k in kids)
+    if same and all(k.child.args == kids[-1].child.args for k in kids[1:]):
+        name = _name_template(c.qname, [k.label for k in kids])
+        first = {p: v for p, v in kids[0].child.args.items() if v != kids[-1].child.args[p]}
+        parts = [head, "stage("] + _call(kids[-1].child.block, kids[-1].child.args) + \
+            [Hole("n", len(kids), "n", ", n=")]
+        if first:
+            parts.append(", first={")
+            for i, (p, v) in enumerate(first.items()):
+                kind = next(k for n, k, _ in kids[0].child.block.params if n == p)
+                parts += [", " if i else "", f"{p}: ", Hole(kind, v, p)]
+            parts.append("}")
+        return parts + ([f", name={name}"] if name else []) + [")"]
+    inner: list = []
+    for i, k in enumerate(c.items):
+        inner += ([" -> "] if i else []) + _layer(k, c, i, loose=set())
+    return [head, "("] + inner + [")"]
+
+
+def _body(s: Scope, model: bool = False) -> list:
+    """A block's (or the model's) statements as parts."""
+    items = list(s.items)
+    if s.member:
+        if not items or items[0].op != "concat" or items[0].inputs != s.inputs:
+            raise _fail(s.qname, "a dense layer must start by concatenating its inputs")
+        start, items = items[0].out, items[1:]
+    elif len(s.inputs) == 1:
+        start = s.inputs[0]
+    else:
+        raise _fail(s.qname, f"it takes {len(s.inputs)} tensors; a block takes one")
+    uses: Counter = Counter(i for it in items for i in it.inputs)
+    uses[s.output] += 1
+    multi = {i for it in items if it.op in ("add", "concat") for i in it.inputs}
+    loose = {it.op for it in items if it.child is None and it.label is None} | \
+        {it.label for it in items if it.label and Counter(
+            x.label for x in items)[it.label] > 1}
+    # the residual: one add of two tensors, one of them the input or a projection of it
+    adds = [it for it in items if it.op == "add"]
+    skip_of, proj_item = None, None
+    if len(adds) == 1 and len(adds[0].inputs) == 2 and not model:
+        a, b = adds[0].inputs
+        for cand, other in ((b, a), (a, b)):
+            pi = next((it for it in items if it.out is cand), None)
+            if cand is start and other is not start:
+                skip_of = cand
+                break
+            if pi is not None and pi.child is not None and pi.inputs == [start] and \
+                    uses[cand] == 1:
+                skip_of, proj_item = cand, pi
+                break
+    expr: dict[fx.Node, tuple[list, str]] = {start: (["in"], "name")}
+    stmts: list = []
+    fresh = iter(f"x{k}" for k in range(1, 10_000))
+    for it in items:
+        if it is proj_item:
+            continue
+        if it.op in ("add", "concat"):
+            ops = []
+            for i in it.inputs:
+                if it.op == "add" and i is skip_of:
+                    stmts.append(Skip(_layer(proj_item, s, None, loose) if proj_item else
+                                      None))
+                    ops.append([SKIPREF])
+                else:
+                    ops.append(expr[i][0])
+            if it.op == "add":
+                e = [p for k, o in enumerate(ops) for p in ([" + "] if k else []) + o]
+                expr[it.out] = (e, "sum")
+            else:
+                e = ["concat("] + [p for k, o in enumerate(ops) for p in
+                                   ([", "] if k else []) + o] + [")"]
+                expr[it.out] = (e, "name")
+        else:
+            if len(it.inputs) != 1:
+                raise _fail(s.qname, f"its {it.op or 'block'} takes {len(it.inputs)} tensors")
+            prev, kind = expr[it.inputs[0]]
+            layer = _layer(it, s, None, loose)
+            if kind == "sum" and it.op == "relu" and layer[0] == "":
+                expr[it.out] = (["relu("] + prev + [")"], "name")
+            elif prev == ["in"]:
+                expr[it.out] = (layer, "pipe")
+            else:
+                expr[it.out] = (prev + [" -> "] + layer, "pipe")
+        if it.out is not s.output and (uses[it.out] > 1 or it.out in multi):
+            name = "main" if skip_of is not None and it.out in adds[0].inputs else next(fresh)
+            stmts.append([name, " = "] + expr[it.out][0])
+            expr[it.out] = ([name], "name")
+    if s.output not in expr or s.output is start:
+        raise _fail(s.qname, "it returns its input unchanged")
+    out: list = []
+    for st in stmts:
+        out += [st] if isinstance(st, Skip) else st + ["\n"]
+    return out + ([] if model else ["return "]) + expr[s.output][0] + ["\n"]
+
+
+def _key(parts: list) -> tuple:
+    return tuple(p if isinstance(p, str) else ("S",) if isinstance(p, Skip) else
+                 ("R",) if p is SKIPREF else ("H", p.kind, p.prefix, repr(p.default))
+                 for p in parts)
+
+
+# ---- blocks: instances anti-unified ----------------------------------------------------
+
+@dataclass
+class Block:
+    name: str
+    params: list[tuple[str, str, Any]]     # (name, kind, default or None)
+    text: str = ""
+
+
+def _fill(parts: list, out_channels: int) -> list:
+    """A projection as an identity instance would have it: no stride, channels kept."""
+    res = []
+    for p in parts:
+        if isinstance(p, Hole):
+            v = out_channels if p.kind == "channels" else 1 if p.kind == "stride" else p.value
+            res.append(Hole(p.kind, v, p.hint, p.prefix, p.default))
+        else:
+            res.append(p)
+    return res
+
+
+def _flatten_skips(group: list[tuple[Scope, list]]) -> list[list]:
+    spots = [i for i, p in enumerate(group[0][1]) if isinstance(p, Skip)]
+    flats = [list(t) for _, t in group]
+    for j in reversed(spots):
+        projs = [t[j].proj for _, t in group]
+        real = [p for p in projs if p is not None]
+        if real and len({_key(p) for p in real}) != 1:
+            raise _fail(group[0][0].qname, "its instances have different projections")
+        mode = "identity" if not real else "always" if len(real) == len(projs) else "shortcut"
+        for (s, _), flat, proj in zip(group, flats, projs):
+            if proj is None and real:
+                proj = _fill(real[0], _channels(s.output))
+            flat[j:j + 1] = [] if mode == "identity" else \
+                ["skip = shortcut("] + proj + [")\n"] if mode == "shortcut" else \
+                ["skip = "] + proj + ["\n"]
+            for k, p in enumerate(flat):
+                if p is SKIPREF:
+                    flat[k] = "in" if mode == "identity" else "skip"
+    return flats
+
+
+def _render(parts: list, exprs: dict[int, str] | None = None) -> str:
+    out = []
+    for i, p in enumerate(parts):
+        if isinstance(p, str):
+            out.append(p)
+        elif exprs and i in exprs:
+            out.append(p.prefix + exprs[i])
+        elif p.value != p.default or p.default is None:
+            out.append(p.prefix + _lit(p.value))
+    text = "".join(out)
+    text = re.sub(r"\(, ", "(", text)
+    return re.sub(r"\b([A-Za-z_][A-Za-z0-9_]*)\(\)", r"\1", text)
+
+
+_CHANNEL_NAMES = ("planes", "width", "channels")
+
+
+def _unify(name: str, group: list[tuple[Scope, list]]) -> Block:
+    flats = _flatten_skips(group)
+    holes = [i for i, p in enumerate(flats[0]) if isinstance(p, Hole)]
+    vec = {i: tuple(f[i].value for f in flats) for i in holes}
+    exprs: dict[int, str] = {}
+    params: list[tuple[str, str, Any]] = []
+    bases: list[tuple[str, tuple]] = []           # channel parameters and their vectors
+    named: dict[tuple, str] = {}
+    for i in holes:
+        h, v = flats[0][i], vec[i]
+        if len(set(v)) == 1:
+            continue
+        if h.kind == "channels":
+            for pname, b in bases:
+                if v == b:
+                    exprs[i] = pname
+                elif all(x % y == 0 for x, y in zip(v, b)) and len({x // y for x, y in
+                                                                    zip(v, b)}) == 1:
+                    exprs[i] = f"{pname} * {v[0] // b[0]}"
+                elif all(y % x == 0 for x, y in zip(v, b)) and len({y // x for x, y in
+                                                                    zip(v, b)}) == 1:
+                    exprs[i] = f"{pname} // {b[0] // v[0]}"
+                else:
+                    continue
+                break
+            else:
+                pname = _CHANNEL_NAMES[len(bases)] if len(bases) < 3 else f"c{len(bases) + 1}"
+                bases.append((pname, v))
+                params.append((pname, "channels", None))
+                exprs[i] = pname
+            continue
+        key = (h.kind, v)
+        if key not in named:
+            pname = h.hint if _label_ok(h.hint) else "p"
+            taken = {p for p, _, _ in params}
+            k = 2
+            base = pname
+            while pname in taken:
+                pname, k = f"{base}_{k}", k + 1
+            top, count = Counter(v).most_common(1)[0]
+            params.append((pname, h.kind, top if count * 2 > len(v) else None))
+            named[key] = pname
+        exprs[i] = named[key]
+    params.sort(key=lambda p: (p[1] != "channels", p[2] is not None))
+    for k, (s, _) in enumerate(group):
+        s.args = {}
+        for i, e in exprs.items():
+            if re.fullmatch(r"[a-z_0-9]+", e):
+                s.args[e] = vec[i][k]
+        for pname, _, _ in params:
+            if pname not in s.args:       # only used as a multiple: recover it
+                i = next(i for i, e in exprs.items() if e.split(" ")[0] == pname)
+                s.args[pname] = vec[i][k]
+    block = Block(name, params)
+    sig = ", ".join(p if d is None else f"{p} = {_lit(d)}" for p, _, d in params)
+    body = _render(flats[0], exprs)
+    block.text = f"block {name}({sig}) {{\n" + "".join(
+        "    " + line + "\n" for line in body.splitlines()) + "}\n"
+    return block
+
+
+def _height(s: Scope) -> int:
+    return 1 + max((_height(it.child) for it in s.items if it.child), default=0)
+
+
+def _walk(s: Scope):
+    for it in s.items:
+        if it.child is not None:
+            yield from _walk(it.child)
+    yield s
+
+
+# ---- the entry point -------------------------------------------------------------------
+
+def from_torch(module: nn.Module, example_input: torch.Tensor, name: str | None = None,
+               *, check: bool = True) -> str:
+    """The spec text of a module: blocks for its classes, stage/dense for their runs.
+
+    `example_input` (a batch, e.g. torch.randn(1, 3, 224, 224)) gives the shapes and
+    the model's `size`. Raises ResdslError naming the module that the language cannot
+    say. With `check`, the spec is elaborated and its state_dict keys and shapes are
+    compared with the module's before it is returned.
+    """
+    from torch.fx.passes.shape_prop import ShapeProp
+    qual = "" if name is None else name
+    if name is None:
+        name = _snake(type(module), "")
+    elif not _label_ok(name):
+        raise ResdslError(f"{ascii(name)[:80]} is not a valid model name",
+                          hint="a model name is an identifier, e.g. resnet50")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+        raise ResdslError("the example input must be a batch [N, C, H, W]")
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(module)
+    except ResdslError:
+        raise
+    except Exception as err:   # torch.fx refuses data-dependent control flow and more
+        raise _fail(qual, f"torch.fx cannot trace it ({type(err).__name__}: "
+                          f"{ascii(str(err).splitlines()[0] if str(err) else '')[1:120]})",
+                    hint="make the module traceable by torch.fx (no control flow on "
+                         "tensor values)") from None
+    gm = fx.GraphModule(module, graph)
+    was = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input)
+    finally:
+        module.train(was)
+    root = _build(module, graph, tracer.calls)
+    _mark(root)
+    scopes = [s for s in _walk(root) if s.qname and not s.dense and
+              type(s.module) is not nn.Sequential]
+    heights = {id(s): _height(s) for s in scopes}
+    by_class: dict[type, list[Scope]] = {}
+    for s in sorted(scopes, key=lambda s: heights[id(s)]):
+        by_class.setdefault(type(s.module), []).append(s)
+    order = sorted(by_class, key=lambda c: max(heights[id(s)] for s in by_class[c]))
+    blocks: list[Block] = []
+    names: set[str] = {name}
+    for cls in order:
+        inst = by_class[cls]
+        for s in inst:
+            if any(isinstance(a.module, cls) for a in _walk(s) if a is not s):
+                raise _fail(s.qname, "a block that contains an instance of itself")
+        base = _snake(cls, inst[0].qname)
+        variants: dict[tuple, list] = {}
+        for s in inst:
+            t = _body(s)
+            variants.setdefault(_key(t), []).append((s, t))
+        for k, group in enumerate(variants.values()):
+            bname = base if k == 0 else f"{base}_{k + 1}"
+            while bname in names:
+                bname += "_"
+            names.add(bname)
+            block = _unify(bname, group)
+            for s, _ in group:
+                s.block = block
+            blocks.append(block)
+    body = _body(root, model=True)
+    last = root.items[-1] if root.items else None
+    exprs = {}
+    if last is not None and last.op == "linear" and last.out is root.output:
+        for i, p in enumerate(body):
+            if isinstance(p, Hole) and p in last.holes and p.kind == "channels":
+                exprs[i] = "num_classes"
+    n, c, h, w = example_input.shape
+    params = [("num_classes", last.holes[0].value)] if exprs else []
+    params += [("in_chans", c)] + ([("size", h)] if h == w else [])
+    sig = ", ".join(f"{p} = {v}" for p, v in params)
+    shape = f"[in_chans, size, size]" if h == w else f"[in_chans, {h}, {w}]"
+    text = _render(body, exprs).replace(" -> ", "\n    -> ")
+    model = f"model {name}({sig}) {{\n    input {shape}\n" + "".join(
+        "    " + line.strip() + "\n" if not line.startswith("    ->") else line + "\n"
+        for line in text.splitlines()) + "}\n"
+    src = f"# {name}: written by `resdsl import` from the module's structure\n\n" + \
+        "\n".join(b.text for b in blocks) + ("\n" if blocks else "") + model
+    from resdsl.fmt import format_text
+    src = format_text(src)
+    if check:
+        _check(src, module, name)
+    return src
+
+
+def _check(src: str, module: nn.Module, name: str) -> None:
+    import resdsl
+    arch = resdsl.loads(src, f"<import {name}>")
+    mine = {k: tuple(v.shape) for k, v in arch.to_torch().state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if mine != theirs:
+        diff = sorted(set(mine) ^ set(theirs)) or \
+            [k for k in mine if mine[k] != theirs[k]]
+        raise ResdslError(f"the imported spec does not reproduce the module: "
+                          f"{len(diff)} tensor(s) differ, e.g. {_show(diff[0])}",
+                          hint="please report this module's structure")
