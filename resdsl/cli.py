@@ -542,6 +542,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "(strictly) into B, or into A when B is not given?")
     _spec_options(p)
     p.set_defaults(func=cmd_diff)
+
+    def cmd_import(args: argparse.Namespace) -> int:   # torch loads only when it runs
+        from resdsl.importer import cmd_import as run
+        return run(args)
+    p = sub.add_parser("import", help="write a spec for a torchvision or timm model",
+                       description="Trace the model with torch.fx and write the spec a "
+                                   "person would: a block per module class, stage/dense "
+                                   "for runs of blocks, the module's state_dict keys as "
+                                   "layer names. Stops naming the module the language "
+                                   "cannot say.")
+    p.add_argument("source", metavar="SOURCE",
+                   help="torchvision:NAME or timm:NAME (built with random weights)")
+    p.add_argument("-o", "--output", metavar="FILE", help="the .arch file (default: stdout)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--size", type=_positive, default=224, metavar="N",
+                   help="input height and width of the example input (default 224)")
+    p.set_defaults(func=cmd_import)
     return parser
 
 
