@@ -187,6 +187,17 @@ def list_models(pattern: str = "*", *, lib: list[str | Path] | None = None) -> l
     return zoo.list_models(pattern, lib)
 
 
+def from_torch(module: Any, example_input: Any, name: str | None = None) -> str:
+    """The spec text of an nn.Module (traced with torch.fx): a block per module class,
+    stage/dense for runs of blocks, its state_dict keys as layer names. ResdslError
+    names the module the language cannot say.
+
+    >>> text = resdsl.from_torch(torchvision.models.resnet50(), torch.randn(1, 3, 224, 224))
+    """
+    from resdsl.importer import from_torch as _from_torch
+    return _from_torch(module, example_input, name)
+
+
 def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None,
                  weights: Any = None, *, seed: int | None = None,
                  lib: list[str | Path] | None = None, **params: Any):
