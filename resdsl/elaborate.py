@@ -995,8 +995,7 @@ class Elaborator:
         if not isinstance(y, Tensor):
             raise ResdslError(f"a shortcut's projection must give a tensor, not {_kind(y)}",
                               proj.span)
-        strided = any(OPS[self.b.g.nodes[n]["op"]].strided and
-                      _stride(self.b.g.nodes[n]["attrs"]) != 1 for n in self.b.added[mark:])
+        strided = any(_downsamples(self.b.g.nodes[n]) for n in self.b.added[mark:])
         if y.shape == x.shape and not strided:
             self.b.rollback(mark)
             frame.namer.restore(snap)
@@ -1012,8 +1011,9 @@ class _Required:
 _REQUIRED = _Required()
 
 
-def _stride(attrs) -> int:
-    return getattr(attrs, "stride", None) or getattr(attrs, "s", 1)
+def _downsamples(node: dict) -> bool:
+    stride = OPS[node["op"]].stride
+    return stride is not None and stride(node["attrs"]) != 1
 
 
 def is_model(defn) -> bool:
@@ -1040,8 +1040,6 @@ def _refs(e) -> set[str]:
 
 
 _EXAMPLES = {
-    "conv": "conv(64, k=3, s=1, p=1)", "linear": "linear(1000)", "maxpool": "maxpool(k=3, s=2, p=1)",
-    "avgpool": "avgpool(k=2, s=2)", "zeropad": "zeropad(32, s=2)", "dropout": "dropout(0.2)",
     "stage": "stage(bottleneck(64), n=3, first={stride: 2})",
     "dense": "dense(dense_layer(32), n=6, name=\"denselayer{i+1}\")",
     "paths": "paths(path(4), n=32, merge=\"sum\")",
@@ -1050,7 +1048,7 @@ _EXAMPLES = {
 
 
 def _example(name: str) -> str:
-    return _EXAMPLES.get(name, f"{name}(...)")
+    return OPS[name].example if name in OPS else _EXAMPLES[name]
 
 
 def _blocks(v: Any, module: ModuleEnv, what: str) -> Any:

@@ -1,0 +1,24 @@
+"""Backends: each maps the validated IR to its own code through one table keyed by op
+name (sqlglot's TRANSFORMS). An op a backend cannot express is listed in that backend's
+`UNSUPPORTED = {op: reason}`; `require_ops` turns such an op in a graph into a clear error.
+tests/test_ops.py fails when a backend's table neither covers an op nor lists it there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from resdsl.errors import ResdslError
+from resdsl.ir.ops import GRAPH_INPUT
+
+
+def require_ops(g: Any, table: Mapping[str, object],
+                unsupported: Mapping[str, str], backend: str) -> None:
+    """Refuse, naming the layer, a graph that uses an op `backend` has no entry for."""
+    for _, d in g.nodes(data=True):
+        op = d["op"]
+        if op == GRAPH_INPUT or (op in table and op not in unsupported):
+            continue
+        reason = unsupported.get(op)
+        raise ResdslError(f"op `{op}` is not supported by the {backend} backend"
+                          + (f": {reason}" if reason else ""), d.get("span"))

@@ -27,9 +27,11 @@ from typing import Any, Callable
 import networkx as nx
 
 from resdsl import __version__
+from resdsl.backends import require_ops
 from resdsl.errors import ResdslError
 from resdsl.ir.graph import inputs_of, topo_order
 from resdsl.ir.ops import fmt
+from resdsl.weights import check_weights
 
 # ---- the one way a value reaches generated source ------------------------------------
 
@@ -65,47 +67,92 @@ def comment(text: str) -> str:
 
 _NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
-# ---- per-op tables (sqlglot-style): a missing entry is a clear "not supported" -----
+# ---- the op table (sqlglot-style): one entry per op ------------------------------------
 
-# op -> constructor source for ops that own parameters: f(attrs, input shapes)
-MODULES: dict[str, Callable[[Any, list], str]] = {
-    "conv": lambda a, ins: (
+@dataclass(frozen=True)
+class Call:
+    """What a table entry sees of one layer: its submodule's expression (ops that own
+    parameters), its attributes, its argument variables and their shapes."""
+
+    module: str | None
+    attrs: Any
+    args: list[str]
+    shapes: list[tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class TorchOp:
+    """How one op becomes PyTorch source.
+
+    expr: the forward expression; module: the constructor source, for ops that own
+    parameters (f(attrs, input shapes)); fresh: the output is a new tensor nothing else
+    aliases, so its sole consumer may update it in place; inplace: this op's in-place
+    form, used when its first input is such a tensor (torchvision's ReLU(inplace=True)
+    and `out += identity`).
+    """
+
+    expr: Callable[[Call], str]
+    module: Callable[[Any, list], str] | None = None
+    fresh: bool = False
+    inplace: Callable[[Call], str] | None = None
+
+
+def _pool(fn: str) -> Callable[[Call], str]:
+    def expr(c: Call) -> str:
+        a = c.attrs
+        return (f"F.{fn}({c.args[0]}, {literal(a.k)}, {literal(a.stride)}, {literal(a.p)}"
+                + (", ceil_mode=True" if a.ceil_mode else "") + ")")
+    return expr
+
+
+def _zeropad_expr(c: Call) -> str:
+    before, after = c.attrs.pads(c.shapes[0][0])
+    return (f"_zeropad({c.args[0]}, {literal(before)}, {literal(after)}, "
+            f"{literal(c.attrs.s)})")
+
+
+def _submodule(c: Call) -> str:
+    return f"{c.module}({c.args[0]})"
+
+
+TORCH: dict[str, TorchOp] = {
+    "conv": TorchOp(_submodule, fresh=True, module=lambda a, ins: (
         f"nn.Conv2d({literal(ins[0][0])}, {literal(a.out)}, kernel_size={literal(a.k)}, "
         f"stride={literal(a.s)}, padding={literal(a.p)}"
         + (f", dilation={literal(a.d)}" if a.d != 1 else "")
         + (f", groups={literal(a.groups)}" if a.groups != 1 else "")
-        + f", bias={literal(a.bias)})"),
-    "bn": lambda a, ins: (
+        + f", bias={literal(a.bias)})")),
+    "bn": TorchOp(_submodule, fresh=True, module=lambda a, ins: (
         f"nn.BatchNorm2d({literal(ins[0][0])}"
         + (f", eps={literal(a.eps)}" if a.eps != 1e-5 else "")
-        + (f", momentum={literal(a.momentum)}" if a.momentum != 0.1 else "") + ")"),
-    "linear": lambda a, ins: (f"nn.Linear({literal(ins[0][0])}, {literal(a.out)}, "
-                              f"bias={literal(a.bias)})"),
+        + (f", momentum={literal(a.momentum)}" if a.momentum != 0.1 else "") + ")")),
+    "linear": TorchOp(_submodule, fresh=True, module=lambda a, ins: (
+        f"nn.Linear({literal(ins[0][0])}, {literal(a.out)}, bias={literal(a.bias)})")),
+    "relu": TorchOp(lambda c: f"F.relu({c.args[0]})",
+                    inplace=lambda c: f"F.relu({c.args[0]}, inplace=True)"),
+    "maxpool": TorchOp(_pool("max_pool2d"), fresh=True),
+    "avgpool": TorchOp(_pool("avg_pool2d"), fresh=True),
+    "global_avgpool": TorchOp(lambda c: f"F.adaptive_avg_pool2d({c.args[0]}, 1)", fresh=True),
+    "flatten": TorchOp(lambda c: f"torch.flatten({c.args[0]}, 1)"),
+    "dropout": TorchOp(lambda c: f"F.dropout({c.args[0]}, {literal(c.attrs.p)}, "
+                                 "self.training)"),
+    "add": TorchOp(lambda c: " + ".join(c.args), fresh=True,
+                   inplace=lambda c: c.args[0] + "".join(f".add_({a})" for a in c.args[1:])),
+    "concat": TorchOp(lambda c: f"torch.cat([{', '.join(c.args)}], 1)", fresh=True),
+    "zeropad": TorchOp(_zeropad_expr),
 }
 
-# op -> forward expression: f(module expression or None, attrs, argument names)
-EXPRS: dict[str, Callable[[str | None, Any, list[str]], str]] = {
-    "conv": lambda m, a, x: f"{m}({x[0]})",
-    "bn": lambda m, a, x: f"{m}({x[0]})",
-    "linear": lambda m, a, x: f"{m}({x[0]})",
-    "relu": lambda m, a, x: f"F.relu({x[0]})",
-    "maxpool": lambda m, a, x: (f"F.max_pool2d({x[0]}, {literal(a.k)}, {literal(a.stride)}, "
-                                f"{literal(a.p)}"
-                                + (", ceil_mode=True" if a.ceil_mode else "") + ")"),
-    "avgpool": lambda m, a, x: (f"F.avg_pool2d({x[0]}, {literal(a.k)}, {literal(a.stride)}, "
-                                f"{literal(a.p)}"
-                                + (", ceil_mode=True" if a.ceil_mode else "") + ")"),
-    "global_avgpool": lambda m, a, x: f"F.adaptive_avg_pool2d({x[0]}, 1)",
-    "flatten": lambda m, a, x: f"torch.flatten({x[0]}, 1)",
-    "dropout": lambda m, a, x: f"F.dropout({x[0]}, {literal(a.p)}, self.training)",
-    "add": lambda m, a, x: " + ".join(x),
-    "concat": lambda m, a, x: f"torch.cat([{', '.join(x)}], 1)",
-    "zeropad": lambda m, a, x: f"_zeropad({x[0]}, {literal(a.c)}, {literal(a.s)})",
-}
+# op -> why the torch backend cannot express it (shown to the user)
+UNSUPPORTED: dict[str, str] = {}
 
-# ops whose output is a fresh tensor that nothing else aliases: a sole consumer may
-# update it in place (torchvision's ReLU(inplace=True) and `out += identity`)
-_FRESH = {"conv", "bn", "add", "concat", "linear", "avgpool", "maxpool", "global_avgpool"}
+
+def _owns_module(op: str) -> bool:
+    return op in TORCH and TORCH[op].module is not None
+
+
+def _fresh(op: str) -> bool:
+    return op in TORCH and TORCH[op].fresh
+
 
 _RESERVED = set(dir(__import__("torch").nn.Module)) | {"memory_efficient"}
 
@@ -121,12 +168,11 @@ class _Scope(nn.ModuleDict):
     so that state_dict keys follow the spec's dotted names."""
 
 
-def _zeropad(x, channels: int, stride: int):
-    """Option-A shortcut: keep every `stride`-th pixel, zero-pad the channels."""
+def _zeropad(x, before: int, after: int, stride: int):
+    """Option-A shortcut: keep every `stride`-th pixel, add zero channels around them."""
     if stride != 1:
         x = x[:, :, ::stride, ::stride]
-    extra = channels - x.shape[1]
-    return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
+    return F.pad(x, (0, 0, 0, 0, before, after))
 
 
 def _concat_norm_relu_conv(norm, conv, memory_efficient: bool, *features):
@@ -243,7 +289,7 @@ def _check_names(g: nx.MultiDiGraph) -> None:
             raise ResdslError(f"layer name {str(name)[:60]!r} is not a dotted name",
                               d.get("span"), hint="names are letters, digits and `_`, "
                                                   "joined by `.`")
-        if d["op"] in MODULES:
+        if _owns_module(d["op"]):
             for part in name.split("."):
                 if part in _RESERVED and part == name.split(".")[0]:
                     raise ResdslError(f"layer name `{part}` clashes with an nn.Module "
@@ -341,17 +387,15 @@ def _emit(g: nx.MultiDiGraph, nodes: list[str], given: dict[str, str], returns: 
                     f"self.memory_efficient, {', '.join(var[f] for f in feats)})")
             consumed = feats
         else:
-            args = [var[i] for i in ins]
-            module = _access(name) if d["op"] in MODULES else None
-            expr = EXPRS[d["op"]](module, d["attrs"], args)
+            entry = TORCH[d["op"]]
+            call = Call(_access(name) if entry.module else None, d["attrs"],
+                        [var[i] for i in ins], [g.nodes[i]["shape"] for i in ins])
+            expr = entry.expr(call)
             first = ins[0] if ins else None
-            if first is not None and uses.get(first) == 1 and g.out_degree(first) == 1 \
-                    and first not in keep and g.nodes[first]["op"] in _FRESH \
-                    and ins.count(first) == 1:
-                if d["op"] == "relu":
-                    expr = f"F.relu({args[0]}, inplace=True)"
-                elif d["op"] == "add":
-                    expr = args[0] + "".join(f".add_({a})" for a in args[1:])
+            if entry.inplace and first is not None and uses.get(first) == 1 \
+                    and g.out_degree(first) == 1 and first not in keep \
+                    and _fresh(g.nodes[first]["op"]) and ins.count(first) == 1:
+                expr = entry.inplace(call)
             consumed = ins
         pending: list[str] = []
         for i in consumed:
@@ -379,10 +423,7 @@ def to_source(arch, class_name_: str | None = None) -> str:
     g = arch.graph
     cls = class_name(class_name_ or arch.name)
     _check_names(g)
-    for name, d in g.nodes(data=True):
-        if d["op"] != "input" and d["op"] not in EXPRS:
-            raise ResdslError(f"op `{d['op']}` is not supported by the torch backend",
-                              d.get("span"))
+    require_ops(g, TORCH, UNSUPPORTED, "torch")
     order = topo_order(g)
     patterns = _dense_bottlenecks(g)
     fused = {p.concat for p in patterns.values()} | {p.norm for p in patterns.values()} | \
@@ -394,7 +435,7 @@ def to_source(arch, class_name_: str | None = None) -> str:
     scopes: set[str] = set()
     for name in order:
         d = g.nodes[name]
-        if d["op"] not in MODULES:
+        if not _owns_module(d["op"]):
             continue
         parts = name.split(".")
         for k in range(1, len(parts)):
@@ -406,7 +447,7 @@ def to_source(arch, class_name_: str | None = None) -> str:
                 init.append(_attach(holder, leaf, "_Scope()"))
         ins = [g.nodes[s]["shape"] for s in inputs_of(g, name)]
         parent, _, leaf = name.rpartition(".")
-        ctor = MODULES[d["op"]](d["attrs"], ins)
+        ctor = TORCH[d["op"]].module(d["attrs"], ins)
         init.append(_attach(_access(parent) if parent else "self", leaf, ctor))
 
     # forward = forward_head(forward_features(x)), timm's classifier API
@@ -541,7 +582,6 @@ def to_module(arch, *, seed: int | None = None, zero_init_residual: bool = False
             model = cls(memory_efficient=memory_efficient,
                         zero_init_residual=zero_init_residual)
     if weights is not None:
-        from resdsl.weights import check_weights
         report = check_weights(arch, weights)
         if not report.ok:
             raise ResdslError(report.render("the given weights"))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 Shape = tuple[int, ...]
 
@@ -289,17 +289,23 @@ def _zero(*_):
 
 @dataclass(frozen=True)
 class OpDef:
-    """Everything resdsl knows about one op."""
+    """Everything resdsl knows about one op, independent of any backend.
+
+    `example` is a call written the way a user would (docs and error hints quote it);
+    `stride`, for ops that can downsample, reads the stride from the attributes (a
+    shortcut whose projection downsamples is never the identity).
+    """
 
     name: str
     attrs: type
     infer: Callable[..., Shape]
     doc: str
+    example: str
     arity: tuple[int, int | None] = (1, 1)  # min, max inputs (None: any number)
     param_shapes: Callable[..., dict[str, Shape]] = _none
     buffer_shapes: Callable[..., dict[str, Shape]] = _none
     macs: Callable[..., int] = _zero
-    strided: bool = False  # has an `s` attribute that downsamples
+    stride: Callable[[Any], int] | None = None
 
     def fields(self) -> list[dataclasses.Field]:
         return list(dataclasses.fields(self.attrs))
@@ -307,27 +313,44 @@ class OpDef:
 
 OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("input", InputAttrs, _input_shape, "the model's input (per-sample shape)",
-          arity=(0, 0)),
+          "input [3, 224, 224]", arity=(0, 0)),
     OpDef("conv", ConvAttrs, _conv_shape, "2-D convolution (no bias unless bias=true)",
-          param_shapes=_conv_params, macs=_conv_macs, strided=True),
-    OpDef("bn", BNAttrs, _bn_shape, "batch normalisation over channels",
+          "conv(64, k=3, s=1, p=1)", param_shapes=_conv_params, macs=_conv_macs,
+          stride=lambda a: a.s),
+    OpDef("bn", BNAttrs, _bn_shape, "batch normalisation over channels", "bn",
           param_shapes=_bn_params, buffer_shapes=_bn_buffers),
-    OpDef("relu", NoAttrs, _same("relu"), "rectified linear unit"),
+    OpDef("relu", NoAttrs, _same("relu"), "rectified linear unit", "relu"),
     OpDef("maxpool", PoolAttrs, _pool_shape("maxpool"), "max pooling (s defaults to k)",
-          strided=True),
+          "maxpool(k=3, s=2, p=1)", stride=lambda a: a.stride),
     OpDef("avgpool", PoolAttrs, _pool_shape("avgpool"), "average pooling (s defaults to k)",
-          strided=True),
-    OpDef("global_avgpool", NoAttrs, _gap_shape, "average over H and W: [C, H, W] -> [C, 1, 1]"),
-    OpDef("flatten", NoAttrs, _flatten_shape, "[C, H, W] -> [C*H*W]"),
-    OpDef("linear", LinearAttrs, _linear_shape, "fully connected layer",
+          "avgpool(k=2, s=2)", stride=lambda a: a.stride),
+    OpDef("global_avgpool", NoAttrs, _gap_shape, "average over H and W: [C, H, W] -> [C, 1, 1]",
+          "global_avgpool"),
+    OpDef("flatten", NoAttrs, _flatten_shape, "[C, H, W] -> [C*H*W]", "flatten"),
+    OpDef("linear", LinearAttrs, _linear_shape, "fully connected layer", "linear(1000)",
           param_shapes=_linear_params, macs=_linear_macs),
-    OpDef("dropout", DropoutAttrs, _dropout_shape, "dropout (identity in eval mode)"),
+    OpDef("dropout", DropoutAttrs, _dropout_shape, "dropout (identity in eval mode)",
+          "dropout(0.2)"),
     OpDef("add", NoAttrs, _add_shape, "element-wise sum of same-shaped tensors (`a + b`)",
-          arity=(2, None)),
-    OpDef("concat", NoAttrs, _concat_shape, "channel concatenation", arity=(1, None)),
+          "main + skip", arity=(2, None)),
+    OpDef("concat", NoAttrs, _concat_shape, "channel concatenation", "concat(a, b)",
+          arity=(1, None)),
     OpDef("zeropad", ZeroPadAttrs, _zeropad_shape,
-          "option-A shortcut: subsample by s, zero-pad channels to c", strided=True),
+          "option-A shortcut: subsample by s, zero-pad channels to c", "zeropad(32, s=2)",
+          stride=lambda a: a.s),
 ]}
+
+# `input` is the graph's argument in every backend, not an op a backend lowers
+GRAPH_INPUT = "input"
+
+
+def backend_ops() -> list[str]:
+    """The ops every backend's table covers (or lists as unsupported, with a reason).
+
+    >>> "conv" in backend_ops(), "input" in backend_ops()
+    (True, False)
+    """
+    return [name for name in OPS if name != GRAPH_INPUT]
 
 
 def attrs_to_json(attrs) -> dict:

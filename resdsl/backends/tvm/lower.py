@@ -22,8 +22,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from resdsl.backends import require_ops
+from resdsl.backends.tvm.kernels import (concat_func, conv_func, linear_func, pack_linear,
+                                         pack_weights, plan_conv, plan_linear, plan_pointwise)
 from resdsl.errors import ResdslError
 from resdsl.ir.graph import inputs_of, topo_order
+from resdsl.weights import check_weights
 
 
 @dataclass
@@ -156,6 +160,9 @@ LOWER: dict[str, Callable] = {
     "zeropad": _zeropad,
 }
 
+# op -> why the tvm backend cannot express it (shown to the user)
+UNSUPPORTED: dict[str, str] = {}
+
 
 def _emit_plain(ctx, bb, name: str, values: dict, folds: dict) -> None:
     g = ctx.g
@@ -252,8 +259,6 @@ def _concat_fusions(g, taken: set[str]) -> dict[str, _Concat]:
 
 def _emit_concat(ctx: _Ctx, bb, fc: _Concat, values: dict, cache: dict):
     from tvm import relax
-
-    from resdsl.backends.tvm.kernels import concat_func
     g = ctx.g
     parts = inputs_of(g, fc.concat)
     channels = tuple(g.nodes[p]["shape"][0] for p in parts)
@@ -278,8 +283,6 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     kernel does not fit this convolution."""
     import tvm
     from tvm import relax
-
-    from resdsl.backends.tvm.kernels import conv_func, pack_weights, plan_conv, plan_pointwise
     g = ctx.g
     name = fused.conv
     a = g.nodes[name]["attrs"]
@@ -342,8 +345,6 @@ def _emit_linear(ctx: _Ctx, bb, name: str, values: dict, lanes: int, cache: dict
     """The classifier as a call to resdsl's linear kernel (weights packed by blocks of
     output features)."""
     from tvm import relax
-
-    from resdsl.backends.tvm.kernels import linear_func, pack_linear, plan_linear
     g = ctx.g
     a = g.nodes[name]["attrs"]
     (src,) = inputs_of(g, name)
@@ -371,16 +372,11 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
     residual add and ReLU) become resdsl's hand-scheduled CPU kernels (llvm target);
     tunable: leave those kernels unscheduled, for MetaSchedule."""
     from tvm import relax
-
-    from resdsl.weights import check_weights
     report = check_weights(arch, weights)
     if not report.ok:
         raise ResdslError(report.render("the weights"))
     g = arch.graph
-    for name, d in g.nodes(data=True):
-        if d["op"] != "input" and d["op"] not in LOWER:
-            raise ResdslError(f"op `{d['op']}` is not supported by the tvm backend",
-                              d.get("span"))
+    require_ops(g, LOWER, UNSUPPORTED, "tvm")
     if batch < 1:
         raise ResdslError(f"batch must be at least 1, got {batch}")
     ctx = _Ctx(arch, weights, batch)
