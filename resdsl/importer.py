@@ -720,6 +720,12 @@ def from_torch(module: nn.Module, example_input: torch.Tensor, name: str | None 
                           hint="a model name is an identifier, e.g. resnet50")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
         raise ResdslError("the example input must be a batch [N, C, H, W]")
+    for qname, _ in module.named_modules():
+        # checked before torch.fx generates code from these names, as well as for ours
+        if qname and not all(re.fullmatch(r"[A-Za-z0-9_]{1,64}", part)
+                             for part in qname.split(".")):
+            raise _fail(qname, "its name is not an identifier or a number",
+                        hint="layer names in a spec are identifiers (and positions)")
     tracer = _Tracer()
     try:
         graph = tracer.trace(module)
@@ -804,3 +810,50 @@ def _check(src: str, module: nn.Module, name: str) -> None:
         raise ResdslError(f"the imported spec does not reproduce the module: "
                           f"{len(diff)} tensor(s) differ, e.g. {_show(diff[0])}",
                           hint="please report this module's structure")
+
+
+# ---- `resdsl import` -------------------------------------------------------------------
+
+def build(source: str) -> tuple[nn.Module, str]:
+    """The module a `resdsl import` source names, randomly initialised, and its spec
+    name: `torchvision:resnet50`, `timm:resnet50` (timm builds it, pretrained=False)."""
+    lib, _, name = source.partition(":")
+    spec_name = name.split(".")[0]
+    if lib not in ("torchvision", "timm") or not _label_ok(spec_name):
+        raise ResdslError(f"{ascii(source)[:100]}: expected torchvision:NAME or timm:NAME",
+                          hint="e.g. `resdsl import torchvision:resnet50`")
+    try:
+        if lib == "torchvision":
+            import torchvision
+            return torchvision.models.get_model(name, weights=None), spec_name
+        import timm
+        return timm.create_model(name, pretrained=False), spec_name
+    except ImportError:
+        raise ResdslError(f"{lib} is not installed", hint=f"pip install {lib}") from None
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise ResdslError(f"{lib} cannot build {ascii(name)[:80]} "
+                          f"({ascii(str(err))[1:120]})") from None
+
+
+def cmd_import(args) -> int:
+    """`resdsl import SOURCE [-o FILE] [--force] [--size N]` (argparse namespace)."""
+    import os
+    import sys
+    module, name = build(args.source)
+    chans = getattr(module, "in_chans", 3)
+    example = torch.randn(1, chans if isinstance(chans, int) else 3, args.size, args.size)
+    text = from_torch(module, example, name)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    from resdsl.atomic import write_text
+    exists = ResdslError(f"{args.output} exists; not overwriting it",
+                         hint="pass --force to replace it, or choose another -o")
+    if os.path.lexists(args.output) and not args.force:
+        raise exists
+    try:
+        write_text(args.output, text, force=args.force)
+    except FileExistsError:
+        raise exists from None
+    print(f"wrote {args.output} (model {name}, {len(text.splitlines())} lines)")
+    return 0
