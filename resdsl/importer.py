@@ -27,16 +27,17 @@ ResdslError naming the module's qualified name.
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.fx as fx
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import fx, nn
 
 from resdsl.errors import ResdslError
 
@@ -105,7 +106,7 @@ def _lit(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
-        if v != v or v in (float("inf"), float("-inf")):
+        if not math.isfinite(v):
             raise ResdslError(f"a constant {v} cannot be written in a spec")
         return repr(v)
     return str(int(v))
@@ -199,7 +200,7 @@ def _fn_op(node: fx.Node, q: str) -> tuple[str, list]:
     if t in (F.relu, torch.relu, torch.relu_, "relu", "relu_"):
         return "relu", []
     if t in (operator.add, operator.iadd, torch.add, "add", "add_") and len(args) == 2 \
-            and all(isinstance(a, fx.Node) for a in args) and not kw.get("alpha", 1) != 1:
+            and all(isinstance(a, fx.Node) for a in args) and kw.get("alpha", 1) == 1:
         return "add", []
     if t is torch.cat and kw.get("dim", args[1] if len(args) > 1 else 0) == 1:
         return "concat", []
@@ -255,7 +256,7 @@ class Item:
     op: str | None = None            # an op, or None for a child scope
     holes: list = field(default_factory=list)
     label: str | None = None         # the module's name relative to the scope
-    child: "Scope | None" = None
+    child: Scope | None = None
 
 
 @dataclass
@@ -267,7 +268,7 @@ class Scope:
     output: fx.Node | None = None
     dense: bool = False               # written as dense(...)
     member: bool = False              # a layer of a dense scope: its input is a list
-    block: "Block | None" = None
+    block: Block | None = None
     args: dict = field(default_factory=dict)   # this instance's block arguments
 
     def rel(self, qname: str) -> str:
@@ -433,7 +434,7 @@ def _label(it: Item, s: Scope, position: int | None, loose: set[str]) -> str:
     return ""
 
 
-def _call(block: "Block", args: dict, first: bool = True) -> list:
+def _call(block: Block, args: dict, first: bool = True) -> list:
     parts: list = [block.name, "("]
     for i, (pname, kind, default) in enumerate(block.params):
         if kind == "channels":
@@ -731,7 +732,7 @@ def from_torch(module: nn.Module, example_input: torch.Tensor, name: str | None 
         graph = tracer.trace(module)
     except ResdslError:
         raise
-    except Exception as err:   # torch.fx refuses data-dependent control flow and more
+    except Exception as err:  # noqa: BLE001 -- torch.fx refuses data-dependent control flow and more
         raise _fail(qual, f"torch.fx cannot trace it ({type(err).__name__}: "
                           f"{ascii(str(err).splitlines()[0] if str(err) else '')[1:120]})",
                     hint="make the module traceable by torch.fx (no control flow on "
@@ -781,11 +782,11 @@ def from_torch(module: nn.Module, example_input: torch.Tensor, name: str | None 
         for i, p in enumerate(body):
             if isinstance(p, Hole) and p in last.holes and p.kind == "channels":
                 exprs[i] = "num_classes"
-    n, c, h, w = example_input.shape
+    _, c, h, w = example_input.shape
     params = [("num_classes", last.holes[0].value)] if exprs else []
     params += [("in_chans", c)] + ([("size", h)] if h == w else [])
     sig = ", ".join(f"{p} = {v}" for p, v in params)
-    shape = f"[in_chans, size, size]" if h == w else f"[in_chans, {h}, {w}]"
+    shape = "[in_chans, size, size]" if h == w else f"[in_chans, {h}, {w}]"
     text = _render(body, exprs).replace(" -> ", "\n    -> ")
     model = f"model {name}({sig}) {{\n    input {shape}\n" + "".join(
         "    " + line.strip() + "\n" if not line.startswith("    ->") else line + "\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 import torchvision
+from torch import nn
 
 import resdsl
 from resdsl.cli import main
@@ -71,7 +71,7 @@ def test_spec_reproduces_module(imported):
 
 
 def test_spec_is_structured(imported):
-    name, combinator, _, text = imported
+    _, combinator, _, text = imported
     assert "block " in text and f"{combinator}(" in text
     # not flat: every parametric layer lives in a block or the stem/head
     assert text.count("conv(") < 10
