@@ -348,7 +348,7 @@ def test_pointwise_views_fuse_into_no_copy_kernel(name):
 
     from resdsl.backends.tvm.lower import lower
     from resdsl.backends.tvm.target import make_target
-    from resdsl.backends.tvm.tune import prepare
+    from resdsl.backends.tvm.compile import prepare
     arch = resdsl.load(spec(name), params={"size": 64})
     mod = prepare(lower(arch, arch.to_torch(seed=0).state_dict(), batch=1, lanes=16).mod,
                   make_target("llvm"))

@@ -40,6 +40,9 @@ from typing import Any
 import numpy as np
 
 from resdsl import __version__
+from resdsl.atomic import publish_dir, umask_mode
+from resdsl.backends.tvm.compile import compile_module, default_weights
+from resdsl.backends.tvm.target import host_cpu, local_cuda_arch, make_target
 from resdsl.errors import ResdslError
 
 FORMAT = 2     # 2: sha256 of the library checked, parameter order inside the weights file
@@ -55,20 +58,11 @@ class Built:
     metadata: dict[str, Any]
 
 
-def default_weights(arch, seed: int = 0) -> dict:
-    """The seeded initialisation of the torch backend, so both backends compute the same
-    function for the same seed."""
-    return arch.to_torch(seed=seed).state_dict()
-
-
 def build(arch, target: str = "llvm", *, weights: dict | None = None, batch: int = 1,
           db: str | None = None, seed: int = 0, cuda_arch: str | None = None,
           weights_source: str | None = None, stage=None) -> Built:
     """Lower `arch` to Relax and compile it for `target` ("llvm" or "cuda")."""
     import tvm
-
-    from resdsl.backends.tvm.compile import compile_module
-    from resdsl.backends.tvm.target import host_cpu, make_target
 
     if target not in ("llvm", "cuda"):
         raise ResdslError(f"unknown target `{target}`", hint="use --target llvm or cuda")
@@ -102,8 +96,6 @@ def build(arch, target: str = "llvm", *, weights: dict | None = None, batch: int
 def write_artifact(built: Built, out_dir: str | os.PathLike, force: bool = False) -> Path:
     """Write the artifact directory atomically; refuse to replace one unless `force`."""
     from safetensors.numpy import save_file
-
-    from resdsl.atomic import publish_dir, umask_mode
 
     out = Path(out_dir)
 
@@ -327,8 +319,6 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     file, parameter order) and can run here; say what does not match if it cannot."""
     import tvm
 
-    from resdsl.backends.tvm.target import host_cpu
-
     root = Path(path)
     if not root.is_dir():
         raise ResdslError(f"{root}: no such artifact directory",
@@ -363,7 +353,6 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
                               hint="run it on a machine with an NVIDIA GPU, or compile with "
                                    "--target llvm for this CPU")
         device = tvm.cuda(0)
-        from resdsl.backends.tvm.target import local_cuda_arch
         here = local_cuda_arch()
         if here != meta.get("cuda_arch"):
             raise ResdslError(f"{root}: built for {meta.get('cuda_arch')}, this GPU is {here}",

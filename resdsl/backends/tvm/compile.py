@@ -4,18 +4,31 @@
   tuning database, kernels that were tuned use the best record found instead.
 - cuda: the default GPU pipeline (legalization, fusion, dlight schedules with thread
   bindings); with a tuning database, its records replace the default schedules.
+
+The import graph of this package runs one way: kernels, target, lower <- compile (this
+module: lowering for a target, the passes that make tuning tasks, applying a database)
+<- artifact (build, write, load) and tune (search, records), which never import each
+other.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from resdsl.backends.tvm.kernels import ConvPlan, parallelize, schedule_conv
+from resdsl.backends.tvm.lower import lower
+from resdsl.backends.tvm.target import host_cpu
 from resdsl.errors import ResdslError
 
 
+def default_weights(arch, seed: int = 0) -> dict:
+    """The seeded initialisation of the torch backend, so both backends compute the same
+    function for the same seed."""
+    return arch.to_torch(seed=seed).state_dict()
+
+
 def lower_for(arch, weights: dict, target, batch: int, tunable: bool = False):
-    from resdsl.backends.tvm.lower import lower
-    from resdsl.backends.tvm.target import host_cpu
     lanes = host_cpu().vector_lanes if target.kind.name == "llvm" else None
     return lower(arch, weights, batch=batch, lanes=lanes, tunable=tunable)
 
@@ -26,7 +39,6 @@ def compile_module(arch, weights: dict, target, batch: int = 1, db: str | None =
     called as each stage of the work starts (lowering, building)."""
     import tvm
 
-    from resdsl.backends.tvm.tune import apply_database, prepare
     stage = stage or (lambda text: None)
     stage("lowering to Relax")
     lowered = lower_for(arch, weights, target, batch, tunable=db is not None)
@@ -51,9 +63,49 @@ def _parallelize_rest(mod):
     """Give every PrimFunc that is still unscheduled the generic parallel schedule."""
     from tvm import tirx
 
-    from resdsl.backends.tvm.kernels import parallelize
     for gvar, func in list(mod.functions.items()):
         if isinstance(func, tirx.PrimFunc) and not (
                 func.attrs is not None and "tirx.is_scheduled" in func.attrs):
             mod[gvar] = parallelize(func)
     return mod
+
+
+def prepare(mod, target):
+    """The passes that make the tasks: legalize, annotate, fuse. Tuning and applying a
+    database run the same ones, so the tasks match the records."""
+    import tvm
+    from tvm import relax
+    seq = tvm.transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ])
+    with target:
+        return seq(mod)
+
+
+def hand_schedule_untuned(mod):
+    """Give resdsl's kernels that the database had no record for their hand schedule."""
+    from tvm import tirx
+
+    for gvar, func in list(mod.functions.items()):
+        if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
+            continue
+        if "resdsl.kernel" not in func.attrs or "tirx.is_scheduled" in func.attrs:
+            continue
+        f, plan = json.loads(str(func.attrs["resdsl.kernel"]))
+        scheduled = schedule_conv(func, ConvPlan(**plan), f)
+        mod[gvar] = scheduled
+    return mod
+
+
+def apply_database(mod, target, db: str):
+    """Compile-ready module with the database's records applied."""
+    import tvm
+    from tvm import relax
+    mod = prepare(mod, target)
+    with target, tvm.transform.PassContext(opt_level=3):
+        mod = relax.transform.MetaScheduleApplyDatabase(str(db))(mod)
+    return hand_schedule_untuned(mod)

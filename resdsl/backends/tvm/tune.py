@@ -21,49 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from resdsl.backends.tvm.compile import default_weights, lower_for, prepare
+from resdsl.backends.tvm.kernels import ConvPlan, apply_conv_schedule
+from resdsl.backends.tvm.target import make_target
 from resdsl.errors import ResdslError
-
-
-def prepare(mod, target):
-    """The passes that make the tasks: legalize, annotate, fuse. Tuning and applying a
-    database run the same ones, so the tasks match the records."""
-    import tvm
-    from tvm import relax
-    seq = tvm.transform.Sequential([
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-    ])
-    with target:
-        return seq(mod)
-
-
-def _hand_schedule_untuned(mod):
-    """Give resdsl's kernels that the database had no record for their hand schedule."""
-    from tvm import tirx
-
-    from resdsl.backends.tvm.kernels import ConvPlan, schedule_conv
-    for gvar, func in list(mod.functions.items()):
-        if not isinstance(func, tirx.PrimFunc) or func.attrs is None:
-            continue
-        if "resdsl.kernel" not in func.attrs or "tirx.is_scheduled" in func.attrs:
-            continue
-        f, plan = json.loads(str(func.attrs["resdsl.kernel"]))
-        scheduled = schedule_conv(func, ConvPlan(**plan), f)
-        mod[gvar] = scheduled
-    return mod
-
-
-def apply_database(mod, target, db: str):
-    """Compile-ready module with the database's records applied."""
-    import tvm
-    from tvm import relax
-    mod = prepare(mod, target)
-    with target, tvm.transform.PassContext(opt_level=3):
-        mod = relax.transform.MetaScheduleApplyDatabase(str(db))(mod)
-    return _hand_schedule_untuned(mod)
 
 
 def _time_function(mod, target, repeats: int = 20) -> float:
@@ -87,7 +48,6 @@ def seed_hand_schedules(mod, target, database) -> int:
     import tvm.s_tir.meta_schedule as ms
     from tvm import s_tir
 
-    from resdsl.backends.tvm.kernels import ConvPlan, apply_conv_schedule
     seeded = 0
     for task in ms.relax_integration.extract_tasks(mod, target):
         workload_mod = task.dispatched[0]
@@ -177,10 +137,6 @@ def _tune(arch, target_kind: str, trials: int, db: str, *, batch: int,
           trials_per_task: int | None) -> TuneReport:
     import tvm
     import tvm.s_tir.meta_schedule as ms
-
-    from resdsl.backends.tvm.artifact import default_weights
-    from resdsl.backends.tvm.compile import lower_for
-    from resdsl.backends.tvm.target import make_target
 
     target = make_target(target_kind, cuda_arch)
     runner: Any = "local"
