@@ -12,8 +12,8 @@ Every AST node and IR node carries a `Span`; every error a user can cause is a
 >>> src = Source("x.arch", "model m() { }")
 >>> print(ResdslError("no input", Span(src, 1, 1, 1, 6), hint="add `input [3, 32, 32]`").render())
 x.arch:1:1: error: no input
-    1 | model m() { }
-      | ^^^^^
+   1 | model m() { }
+     | ^^^^^
 hint: add `input [3, 32, 32]`
 """
 

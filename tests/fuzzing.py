@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -48,7 +47,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

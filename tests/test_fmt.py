@@ -40,7 +40,7 @@ def comment_positions(text: str) -> list[tuple[tuple[str, ...], str]]:
     """Each comment with the code tokens before it (trailing commas left out)."""
     out, seen = [], []
     raw = _TOKEN.findall(text)
-    for i, t in enumerate(raw):
+    for t in raw:
         if t.startswith("#"):
             out.append((tuple(tokens(" ".join(seen))), t.rstrip()))
         else:
@@ -107,7 +107,8 @@ def test_comments_in_every_position_are_kept_in_place():
     base = (ROOT / "specs" / "lib" / "resnet.arch").read_text()
     base += ('\nmodel m(a, b = 1,) = imagenet_resnet(basic, [1, 1, 1, 1], groups=if a > 1 '
              'then 2 else -1, size=(32), base_width={x: 1}.x[0] ** 2 // 3 % 4)\n')
-    toks = _TOKEN.findall("\n".join(l for l in base.splitlines() if not l.lstrip().startswith("#")))
+    toks = _TOKEN.findall("\n".join(line for line in base.splitlines()
+                                     if not line.lstrip().startswith("#")))
     trailing = " ".join(f"{t}  # t{i}\n" for i, t in enumerate(toks))
     own = "".join(f"\n# o{i}\n{t}" for i, t in enumerate(toks)) + "\n# last\n"
     for text in (trailing, own):

@@ -23,6 +23,9 @@ from resdsl.backends.tvm.artifact import (  # noqa: E402
     SCHEMA, build, load_artifact, write_artifact)
 
 
+pytestmark = pytest.mark.slow   # TVM builds: minutes on a small machine
+
+
 @pytest.fixture(scope="module")
 def built():
     return build(resdsl.load(spec("resnet20")), "llvm")
@@ -307,13 +310,13 @@ def test_two_concurrent_compiles_one_wins(tmp_path):
 def test_concurrent_file_writes_one_wins(tmp_path):
     from resdsl.atomic import write_bytes
     target = tmp_path / "m.py"
-    for attempt in range(20):
+    for _attempt in range(20):
         if target.exists():
             target.unlink()
         barrier = threading.Barrier(8)
         outcomes = []
 
-        def writer(i):
+        def writer(i, barrier=barrier, outcomes=outcomes):
             barrier.wait()
             try:
                 write_bytes(target, f"writer {i}".encode(), force=False)

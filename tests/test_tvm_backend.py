@@ -17,6 +17,9 @@ from tests.test_reference_specs import TORCHVISION
 
 tvm = pytest.importorskip("tvm", reason="apache-tvm is an optional extra: pip install -e .[tvm]")
 
+pytestmark = pytest.mark.slow   # TVM builds: minutes on a small machine
+
+
 CIFAR = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
          "preact_resnet164", "preact_resnet1001", "resnext29_8x64d", "densenet_bc_100_12"]
 FORMS = ["resnext_forms/resnext50_32x4d_a", "resnext_forms/resnext50_32x4d_b",

@@ -95,7 +95,8 @@ class Expressions:
                 return self.op_call(e, frame, None, None)
             return self.apply(e, self.input_of(frame, e.span), frame)
         if isinstance(e, A.Labeled) and not self.is_layer(e.inner, frame):
-            raise ResdslError(f"`{e.label}: ...` labels a layer, but {kind(self.eval(e.inner, frame))}"
+            raise ResdslError(f"`{e.label}: ...` labels a layer, but "
+                              f"{kind(self.eval(e.inner, frame))}"
                               " is not one", e.span,
                               hint=f"a keyword argument is written `{e.label}=...`")
         if isinstance(e, A.Labeled | A.Group):

@@ -363,7 +363,8 @@ def parse(text: str, path: str = "<string>", limits: Limits = DEFAULT) -> A.Modu
     src = Source(path, text)
     if len(text) > limits.max_source_bytes:
         raise ResdslError(f"{path}: {len(text):,} characters, more than a spec may have "
-                          f"({limits.max_source_bytes:,})", hint=limits.describe("max_source_bytes"))
+                          f"({limits.max_source_bytes:,})",
+                          hint=limits.describe("max_source_bytes"))
     try:
         tree = _parser().parse(text, start="start")
     except UnexpectedInput as err:
@@ -384,7 +385,8 @@ def lex(text: str, path: str = "<string>", limits: Limits = DEFAULT) -> list[A.T
     src = Source(path, text)
     if len(text) > limits.max_source_bytes:
         raise ResdslError(f"{path}: {len(text):,} characters, more than a spec may have "
-                          f"({limits.max_source_bytes:,})", hint=limits.describe("max_source_bytes"))
+                          f"({limits.max_source_bytes:,})",
+                          hint=limits.describe("max_source_bytes"))
     try:
         return [A.Token(tok.type, str(tok), _span(src, tok))
                 for tok in _parser().lex(text, dont_ignore=True) if tok.type != "WS"]

@@ -11,9 +11,10 @@ SIMD width:
 The accumulator for FB output channels (one to three vector registers) by XT output
 columns lives in registers; FB x XT is chosen per layer (`plan_conv`) so the accumulators
 fit in the vector registers, the output width padded up to a multiple of XT where that is
-cheaper. The epilogue writes each channel's XT columns as one vector. Grouped convolutions whose groups are narrower than
-FB are computed as block-diagonal dense blocks (`FB / group width` times the MACs of
-those, usually small, layers) so the same kernel serves ResNet, ResNeXt and DenseNet.
+cheaper. The epilogue writes each channel's XT columns as one vector. Grouped
+convolutions whose groups are narrower than FB are computed as block-diagonal dense
+blocks (`FB / group width` times the MACs of those, usually small, layers) so the same
+kernel serves ResNet, ResNeXt and DenseNet.
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ def _chunked_schedule(sch, plan: ConvPlan, b_acc, b_out, loops) -> None:
     reused across the kernel window, streaming both from L2 for every tile is what
     bounds the unchunked schedule."""
     bn, fo, fi, by, bx = loops
-    fb, xt = plan.fb, plan.xt
+    xt = plan.xt
     xc_o, xc_i = sch.split(bx, [None, plan.xc])
     xo, xi = sch.split(xc_i, [None, xt])
     sch.reorder(bn, fo, by, xc_o, xo, fi, xi)
