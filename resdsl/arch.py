@@ -149,6 +149,16 @@ class Arch:
         from resdsl.backends.torch import to_module
         return to_module(self, **kwargs)
 
+    def to_dot(self, depth: int | None = None, **kwargs: Any) -> str:
+        """Graphviz DOT text of this network; see `resdsl.dot.to_dot`."""
+        from resdsl.dot import to_dot
+        return to_dot(self, depth, **kwargs)
+
+    def to_onnx(self, weights: dict | None = None, **kwargs: Any):
+        """An onnx.ModelProto of this network; see `resdsl.backends.onnx.to_onnx`."""
+        from resdsl.backends.onnx import to_onnx
+        return to_onnx(self, weights, **kwargs)
+
     def torch_source(self, **kwargs: Any) -> str:
         """Standalone PyTorch source defining this network's module class."""
         from resdsl.backends.torch import to_source

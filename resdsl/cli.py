@@ -185,6 +185,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     arch = _load(args.spec, args)
     _weights(arch, args)
     pre = getattr(args, "weights_meta", None)
+    if args.graph_json or args.graphml:
+        from resdsl.ir.graph import to_graphml, to_node_link
+        sys.stdout.write(to_graphml(arch.graph) if args.graphml else
+                         to_node_link(arch.graph) + "\n")
+        return 0
     if args.json:
         data = arch.to_json(args.depth)
         if pre:
@@ -208,6 +213,8 @@ def _print_params(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     arch = _load(args.spec, args)
     weights = _weights(arch, args)
+    if args.target == "onnx":
+        return _compile_onnx(arch, weights, args)
     if args.target == "torch":
         from resdsl.atomic import write_text
         source = arch.torch_source()
@@ -270,6 +277,49 @@ def cmd_compile(args: argparse.Namespace) -> int:
         f"{args.target}, {meta['cpu']}"
     print(f"wrote {path}/ ({arch.name}, {where}, batch {args.batch}, weights: "
           f"{meta['weights']}, {time.perf_counter() - t:.1f} s)")
+    return 0
+
+
+def _compile_onnx(arch, weights: dict | None, args: argparse.Namespace) -> int:
+    from resdsl.atomic import write_bytes
+    from resdsl.backends.onnx import OPSET
+    out = args.output or f"{arch.name}.onnx"
+    if out.endswith(("/", os.sep)) or os.path.isdir(out):
+        os.makedirs(out, exist_ok=True)
+        out = os.path.join(out, f"{arch.name}.onnx")
+    if os.path.lexists(out) and not args.force:
+        raise _exists(out)
+    model = arch.to_onnx(weights, seed=args.seed, fold_bn=args.fold_bn)
+    try:
+        write_bytes(out, model.SerializeToString(), force=args.force)
+    except FileExistsError:
+        raise _exists(out) from None
+    source = args.weights or f"seeded initialisation (seed {args.seed})"
+    print(f"wrote {out} ({arch.name}, ONNX opset {OPSET}, dynamic batch, batch norm "
+          f"{'folded' if args.fold_bn else 'kept'}, weights: {source})")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from resdsl.atomic import write_bytes
+    from resdsl.dot import format_of, render
+    fmt = format_of(args.output, args.format)
+    arch = _load(args.spec, args)
+    data = render(arch.to_dot(depth=args.depth, rankdir=args.rankdir), fmt,
+                  title=arch.name, timeout=args.timeout)
+    if args.output in (None, "-"):
+        if fmt == "png":
+            raise ResdslError("PNG is not written to a terminal", hint="pass -o net.png")
+        sys.stdout.buffer.write(data)
+        return 0
+    if os.path.lexists(args.output) and not args.force:
+        raise _exists(args.output)
+    try:
+        write_bytes(args.output, data, force=args.force)
+    except FileExistsError:
+        raise _exists(args.output) from None
+    print(f"wrote {args.output} ({arch.name}, {fmt}, "
+          f"{'every layer' if args.depth is None else f'depth {args.depth}'})")
     return 0
 
 
@@ -447,6 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, metavar="N",
                    help="collapse layers into groups by the first N parts of their names")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--graph-json", action="store_true",
+                   help="print the IR graph as node-link JSON (networkx.node_link_graph "
+                        "reads it back)")
+    p.add_argument("--graphml", action="store_true",
+                   help="print the IR graph as GraphML (networkx.read_graphml reads it back)")
     p.add_argument("--params", action="store_true",
                    help="list the model's parameters (what -D sets) with their defaults")
     _weights_options(p, "also check a state_dict (.pt/.pth) or .safetensors file against "
@@ -460,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(imports only torch); --target llvm|cuda builds a TVM "
                                    "artifact directory.")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--target", required=True, choices=["torch", "llvm", "cuda"])
+    p.add_argument("--target", required=True, choices=["torch", "onnx", "llvm", "cuda"])
     p.add_argument("-o", "--output", metavar="PATH",
                    help="output: for torch a .py file, or a directory (made if it ends in /) "
                         "to write NAME.py into (default: stdout); for llvm/cuda the artifact "
@@ -479,8 +534,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-arch", default=None, metavar="SM",
                    help="CUDA architecture for --target cuda, e.g. sm_80 (default: the local "
                         "GPU's; without a GPU it must be given)")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="onnx: fold each batch norm into the convolution before it")
     _spec_options(p)
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("graph", help="draw the network: DOT, SVG, PNG or HTML",
+                       description="Layers as nodes, tensors as edges labelled with their "
+                                   "shapes, blocks and stages as nested clusters named like "
+                                   "the state_dict, shortcuts dashed. SVG, PNG and HTML are "
+                                   "laid out by Graphviz's `dot` program.")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="net.svg, net.png, net.dot or net.html (default: DOT on stdout)")
+    p.add_argument("--format", choices=["dot", "svg", "png", "html"],
+                   help="the output format (default: from the -o file's extension)")
+    p.add_argument("--depth", type=_positive, metavar="N",
+                   help="collapse layers into one node per group of the first N parts of "
+                        "their names (with params and MACs), e.g. --depth 1 for stages")
+    p.add_argument("--rankdir", default="TB", choices=["TB", "LR", "BT", "RL"],
+                   help="layout direction (default TB: top to bottom)")
+    p.add_argument("--timeout", type=_positive, default=300, metavar="S",
+                   help="seconds Graphviz may take to lay the graph out (default 300)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    _spec_options(p)
+    p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("run", help="load a TVM artifact, run it, print outputs and latency",
                        description="Load an artifact directory (checking its metadata, "

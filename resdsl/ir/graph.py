@@ -83,3 +83,57 @@ def topo_order(g: nx.MultiDiGraph) -> list[str]:
     generated code and state_dicts list layers as the spec writes them)."""
     index = {n: i for i, n in enumerate(g.nodes)}
     return list(nx.lexicographical_topological_sort(g, key=index.__getitem__))
+
+
+# ---- exports for tools: networkx's own readers load these back -----------------------
+
+def to_plain(g: nx.MultiDiGraph, scalars: bool = False) -> nx.MultiDiGraph:
+    """A copy of the IR whose attributes are plain data (str, int, float, bool, lists),
+    for networkx's writers: node-link JSON (`nx.node_link_data`) and, with `scalars`,
+    GraphML (`nx.write_graphml`), where lists and records become JSON text. Node
+    attributes: op, attrs, shape, span (`file:line:col`), scope, block; edge: port.
+
+    >>> import resdsl
+    >>> plain = to_plain(resdsl.load("specs/resnet18.arch").graph, scalars=True)
+    >>> plain.nodes["conv1"]["shape"]
+    '[64, 112, 112]'
+    """
+    def value(v: Any) -> Any:
+        return json.dumps(v) if scalars and isinstance(v, (list, dict)) else v
+
+    out = nx.MultiDiGraph()
+    out.graph.update({k: value(_jsonable(v)) for k, v in g.graph.items()})
+    for name, d in g.nodes(data=True):
+        attrs = {"op": d["op"],
+                 "attrs": value(_jsonable(attrs_to_json(d["attrs"]))
+                                if d["op"] in OPS else _jsonable(d["attrs"])),
+                 "scope": d.get("scope", ""), "block": d.get("block", "")}
+        if d.get("shape") is not None:
+            attrs["shape"] = value(list(d["shape"]))
+        if d.get("span") is not None:
+            s = d["span"]
+            attrs["span"] = f"{s.source.path}:{s.line}:{s.column}"
+        out.add_node(name, **attrs)
+    for u, v, k, port in g.edges(keys=True, data="port"):
+        out.add_edge(u, v, key=k, port=port)
+    return out
+
+
+def to_node_link(g: nx.MultiDiGraph) -> str:
+    """The IR as node-link JSON that `nx.node_link_graph(json.loads(text))` reads back."""
+    return json.dumps(nx.node_link_data(to_plain(g), edges="edges"), indent=1)
+
+
+def to_graphml(g: nx.MultiDiGraph) -> str:
+    """The IR as GraphML that `nx.read_graphml` reads back (lists as JSON text)."""
+    return "\n".join(nx.generate_graphml(to_plain(g, scalars=True))) + "\n"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return v
