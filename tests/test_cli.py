@@ -1,5 +1,6 @@
 """The command line: exit codes, stdout/stderr, --json, --depth."""
 
+import ast
 import json
 import subprocess
 import sys
@@ -70,3 +71,99 @@ def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
+
+
+# ---- options: -D forms, outputs, --model, -q, exit codes ---------------------------------
+
+def _inspect_json(capsys, *argv):
+    assert main(["inspect", "specs/resnet20.arch", "--json", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("argv", [["-D", "num_classes=7"], ["-D", "num_classes = 7"],
+                                  ["--param", "num_classes=7"], ["-Dnum_classes=7"]])
+def test_dash_d_forms(capsys, argv):
+    data = _inspect_json(capsys, *argv)
+    assert data["output"] == [7]
+
+
+def test_dash_d_several_and_the_last_wins(capsys):
+    data = _inspect_json(capsys, "-D", "num_classes=7", "-D", "size=64", "-D", "num_classes=5")
+    assert data["output"] == [5] and data["input"] == [3, 64, 64]
+
+
+@pytest.mark.parametrize("value", ["novalue", "1x=3", "num_classes=[1,", "num_classes=@"])
+def test_malformed_dash_d_is_a_usage_error(capsys, value):
+    with pytest.raises(SystemExit) as e:
+        main(["inspect", "specs/resnet20.arch", "-D", value])
+    assert e.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_unknown_parameter_is_an_error_naming_it(capsys):
+    assert main(["check", "specs/resnet20.arch", "-D", "num_clases=10"]) == 1
+    err = capsys.readouterr().err
+    assert "num_clases" in err and "num_classes" in err
+
+
+@pytest.mark.parametrize("output", [None, "-"])
+def test_compile_torch_to_stdout(capsys, output):
+    argv = ["compile", "specs/resnet20.arch", "--target", "torch"]
+    assert main(argv + (["-o", output] if output else [])) == 0
+    source = capsys.readouterr().out
+    tree = ast.parse(source)
+    assert [n.name for n in tree.body if isinstance(n, ast.ClassDef)][-1] == "ResNet"
+
+
+def test_compile_torch_into_a_directory(tmp_path, capsys):
+    out = tmp_path / "models"
+    assert main(["compile", "specs/resnet20.arch", "--target", "torch", "-o", f"{out}/"]) == 0
+    assert (out / "resnet20.py").is_file()
+    assert main(["compile", "specs/resnet20.arch", "--target", "torch", "-o", str(out)]) == 1
+    assert "exists" in capsys.readouterr().err
+
+
+TWO_MODELS = """
+block unit(c) {
+    return conv(c, k=3, p=1) -> relu
+}
+model small() {
+    input [3, 8, 8]
+    unit(4)
+}
+model large() {
+    input [3, 8, 8]
+    unit(16)
+}
+"""
+
+
+def test_model_picks_one_of_several(tmp_path, capsys):
+    path = tmp_path / "two.arch"
+    path.write_text(TWO_MODELS)
+    for name, channels in (("small", 4), ("large", 16)):
+        assert main(["inspect", str(path), "--model", name, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["output"] == [channels, 8, 8]
+    assert main(["inspect", str(path), "--model", "medium"]) == 1
+    assert "medium" in capsys.readouterr().err
+    assert main(["inspect", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "--model" in err and "small" in err and "large" in err
+
+
+def test_check_quiet_prints_only_errors(capsys):
+    assert main(["check", "-q", "specs/resnet18.arch", "specs/resnet20.arch"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+    assert main(["check", "-q", "specs/resnet18.arch", "tests/errors/cycle.arch"]) == 1
+    out, err = capsys.readouterr()
+    assert "resnet18" not in out and "cycle" in err
+
+
+def test_tune_with_zero_trials_is_refused_before_any_work(tmp_path, capsys):
+    pytest.importorskip("tvm")
+    db = tmp_path / "db"
+    assert main(["tune", "specs/resnet20.arch", "--target", "llvm", "--trials", "0",
+                 "--db", str(db)]) == 1
+    assert "--trials must be at least 1" in capsys.readouterr().err
+    assert not db.exists()

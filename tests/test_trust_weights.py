@@ -161,3 +161,79 @@ def test_non_tensor_values_are_refused(arch, sd):
     bad = dict(sd, **{"fc.bias": [0.0] * 10})
     report = check_weights(arch, bad)
     assert not report.ok and "fc.bias" in report.render("w")
+
+
+# ---- the loader's branches: each kind of file and checkpoint ----------------------------
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda sd: sd,
+    lambda sd: {"state_dict": sd, "epoch": 3},
+    lambda sd: {"model": sd, "optimizer": {"lr": 0.1}},
+    lambda sd: {"state_dict_ema": sd},
+    lambda sd: {f"module.{k}": v for k, v in sd.items()},                 # DDP
+    lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}},  # both
+], ids=["plain", "state_dict", "model", "state_dict_ema", "ddp", "checkpoint_of_ddp"])
+def test_torch_files_and_checkpoints_unwrap_to_the_state_dict(tmp_path, sd, wrap):
+    assert _same(load_weights(save(tmp_path, wrap(sd), "w.pth")), sd)
+
+
+def test_a_partial_module_prefix_is_kept(tmp_path, sd):
+    """Only a prefix on every key is DDP's; a model may have a layer named `module`."""
+    mixed = dict(sd)
+    key = next(iter(mixed))
+    mixed[f"module.{key}"] = mixed.pop(key)
+    assert f"module.{key}" in load_weights(save(tmp_path, mixed, "w.pth"))
+
+
+def test_safetensors_file_loads(tmp_path, sd):
+    assert _same(load_weights(save(tmp_path, sd)), sd)
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("w.pth", b"not a pickle", "not a readable torch state_dict"),
+    ("w.pth", b"", "not a readable torch state_dict"),
+    ("w.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}", "not a readable safetensors"),
+    ("w.safetensors", b"", "not a readable safetensors"),
+])
+def test_corrupt_files_are_clear_errors(tmp_path, name, data, message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(resdsl.ResdslError, match=message):
+        load_weights(path)
+
+
+def test_missing_file_and_directory_are_clear_errors(tmp_path):
+    for path in (tmp_path / "absent.pth", tmp_path):
+        with pytest.raises(resdsl.ResdslError, match="no such weights file"):
+            load_weights(path)
+
+
+@pytest.mark.parametrize("obj,message", [
+    ([1, 2, 3], "does not hold a state_dict"),
+    ({"state_dict": {"a": 1}}, "does not hold a state_dict"),
+    ({"epoch": 3}, "does not hold a state_dict"),
+])
+def test_files_without_a_state_dict_are_refused(tmp_path, obj, message):
+    path = tmp_path / "w.pth"
+    torch.save(obj, path)
+    with pytest.raises(resdsl.ResdslError, match=message):
+        load_weights(path)
+
+
+def test_a_pickled_module_is_not_unpickled(tmp_path, arch):
+    """weights_only loading: a whole pickled model is refused, not executed."""
+    path = tmp_path / "w.pth"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(resdsl.ResdslError, match="not a readable torch state_dict"):
+        load_weights(path)
+
+
+def test_the_cli_reports_a_corrupt_weights_file_with_exit_code_1(tmp_path, capsys):
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"garbage")
+    code, err = inspect(str(path), capsys)
+    assert code == 1 and "not a readable torch state_dict" in err
