@@ -8,6 +8,11 @@ Shapes are per sample: `(C, H, W)` for feature maps, `(F,)` for flat features.
 MACs count multiply-accumulates of convolutions and linear layers only (batch norm,
 pooling and element-wise ops count 0), the convention of the torchvision oracle.
 
+Adding an op (say an element-wise `sigmoid`) is one `OpDef` below, one entry in each
+backend's table -- `TORCH` in backends/torch.py, `LOWER` in backends/tvm/lower.py, the
+ONNX backend's -- or the op with a reason in that backend's `UNSUPPORTED`, and a row in
+docs/language.md's op table; tests/test_ops.py fails until each of those is there.
+
 >>> conv = OPS["conv"]
 >>> a = conv.attrs(out=64, k=3, s=2, p=1)
 >>> conv.infer(a, [(3, 32, 32)])
