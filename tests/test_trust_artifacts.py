@@ -389,3 +389,47 @@ def test_tune_lock_is_held_while_tuning(tmp_path, monkeypatch):
     assert seen == ["held"]
     with FileLock(str(db / "resdsl-tune.lock"), timeout=0):
         pass
+
+
+# ---- the writer's and the loader's error paths --------------------------------------------
+
+@pytest.mark.parametrize("make", [lambda p: None, lambda p: p.write_text("a file")],
+                         ids=["absent", "a_file"])
+def test_run_of_something_that_is_not_a_directory(tmp_path, capsys, make):
+    path = tmp_path / "art"
+    make(path)
+    assert "no such artifact directory" in run_fails(path, capsys)
+
+
+def test_force_does_not_replace_a_directory_that_is_not_an_artifact(built, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    for force in (False, True):
+        with pytest.raises(resdsl.ResdslError, match="exists"):
+            write_artifact(built, out, force=force)
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]   # no temporaries left
+
+
+def test_force_replaces_an_artifact(built, artifact, tmp_path):
+    out = tmp_path / "r20"
+    shutil.copytree(artifact, out)
+    (out / "stale.txt").write_text("from the old build")
+    write_artifact(built, out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["model.so", "weights.safetensors", "metadata.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r20"]
+    assert load_artifact(out).metadata["model"] == "resnet20"
+
+
+def test_a_failed_write_leaves_nothing_behind(built, tmp_path, monkeypatch):
+    class Broken:
+        def export_library(self, path):
+            open(path, "wb").write(b"half a library")
+            raise OSError("disk full")
+
+    monkeypatch.setattr(built, "executable", Broken())
+    with pytest.raises(OSError, match="disk full"):
+        write_artifact(built, tmp_path / "r20")
+    assert list(tmp_path.iterdir()) == []
