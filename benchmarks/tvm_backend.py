@@ -3,7 +3,7 @@
     python benchmarks/tvm_backend.py [--trials 32] [--repeats 10] [--models resnet50 ...]
 
 For each model and batch (1 and 8, 224x224, the same weights everywhere):
-PyTorch eager, ONNX Runtime (CPU provider, the model exported from the torch backend),
+PyTorch eager, ONNX Runtime (CPU provider, the model from resdsl's onnx backend),
 TVM untuned (resdsl's hand-scheduled kernels) and TVM tuned (MetaSchedule records from
 `resdsl tune` in tuning/<model>-b<batch>-llvm; tuned here with --trials if that database
 does not exist yet). Each figure is the median latency in ms, with its ratio to PyTorch
@@ -13,7 +13,6 @@ eager (lower is faster). Needs `pip install -e .[tvm,bench]`.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import statistics
@@ -45,14 +44,14 @@ def median_ms(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times) * 1e3
 
 
-def ort_session(model, x):
+def ort_session(arch, weights):
+    """ONNX Runtime on resdsl's own ONNX backend (batch norm folded, as TVM folds it)."""
     import onnxruntime as ort
-    buf = io.BytesIO()
-    torch.onnx.export(model, (torch.from_numpy(x),), buf, dynamo=False,
-                      input_names=["x"], output_names=["y"])
+    proto = arch.to_onnx(weights, fold_bn=True)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
-    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(proto.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
 
 
 def records(db: Path) -> int:
@@ -87,8 +86,9 @@ def main() -> None:
             xt = torch.from_numpy(x)
             with torch.no_grad():
                 eager = median_ms(lambda m=model, a=xt: m(a), args.repeats)
-            sess = ort_session(model, x)
-            ort_ms = median_ms(lambda s=sess, a=x: s.run(None, {"x": a}), args.repeats)
+            sess = ort_session(arch, weights)
+            feed = sess.get_inputs()[0].name
+            ort_ms = median_ms(lambda s=sess, a=x, f=feed: s.run(None, {f: a}), args.repeats)
             out = ROOT / "build" / "bench" / f"{name}-b{batch}"
             write_artifact(build(arch, "llvm", weights=weights, batch=batch), out, force=True)
             time.sleep(1.0)

@@ -182,8 +182,12 @@ def to_onnx(arch, weights: dict | None = None, *, seed: int = 0, fold_bn: bool =
     """The network as an `onnx.ModelProto`, weights from `weights` (a state_dict; default
     the seeded initialisation of `arch.to_torch(seed=seed)`), checked with
     `onnx.checker.check_model(full_check=True)`."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise ResdslError("the onnx backend needs the `onnx` package",
+                          hint="pip install 'resdsl[onnx]' (or pip install onnx)") from None
 
     g = arch.graph
     for name in g:
