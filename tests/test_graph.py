@@ -234,3 +234,14 @@ def test_inspect_graph_json_cli(capsys):
     assert main(["inspect", "specs/resnet20.arch", "--graphml"]) == 0
     back = nx.read_graphml(io.StringIO(capsys.readouterr().out), force_multigraph=True)
     _same_as_ir(g, back, json.loads)
+
+
+def test_readme_picture_is_current():
+    """docs/img/block.svg (in README.md) is drawn from docs/img/block.arch; its DOT is
+    checked in beside it. Regenerate both after changing the drawing:
+    resdsl graph docs/img/block.arch -o docs/img/block.dot --force (and -o .../block.svg)."""
+    arch = resdsl.load("docs/img/block.arch")
+    assert arch.to_dot() == (ROOT / "docs/img/block.dot").read_text(), "stale: regenerate"
+    drawn = parse_svg((ROOT / "docs/img/block.svg").read_bytes())
+    assert set(drawn.nodes) == set(arch.graph.nodes)
+    assert drawn.edges == collections.Counter(arch.graph.edges())
