@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import json
 import resource
 import sys
@@ -94,7 +95,13 @@ def main(argv=None) -> int:
     ap.add_argument("--replay", metavar="JSON", help="re-run one reproducer in this process")
     ap.add_argument("--show", metavar="ID", help="print the text of case ID (mut:N, gen:N, ...)")
     ap.add_argument("-q", "--quiet", action="store_true")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="what a case's time is: wall-clock, or the worker's CPU time (for a "
+                         "shared machine, where other load inflates wall-clock time)")
     args = ap.parse_args(argv)
+    if args.clock == "cpu":
+        os.environ["RESDSL_FUZZ_CLOCK"] = "cpu"
+        fuzzing.CPU_CLOCK = True
 
     if args.replay:
         return replay(args.replay, args.timeout)
@@ -152,7 +159,7 @@ def main(argv=None) -> int:
     for i in order[:args.slowest]:
         print(f"  {outcomes[i].seconds:8.3f} s  {outcomes[i].kind:<26} {cases[i].id}")
     over = sum(o.seconds > args.timeout or o.kind == fuzzing.TIMEOUT for o in outcomes)
-    print(f"\ncases over the {args.timeout:g} s timeout: {over}")
+    print(f"\ncases over the {args.timeout:g} s timeout ({args.clock} time): {over}")
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(f"peak RSS: this process {self_rss / 1024:.0f} MiB, workers "

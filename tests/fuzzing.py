@@ -798,8 +798,14 @@ def resolve_path(path: str, tree: Path | None) -> str:
     return path
 
 
+# What a case's time is: "wall" (SIGALRM) or "cpu" (SIGPROF: the process's own CPU time,
+# which other load on a shared machine does not inflate). RESDSL_FUZZ_CLOCK=cpu sets it.
+CPU_CLOCK = os.environ.get("RESDSL_FUZZ_CLOCK") == "cpu"
+
+
 def run_case(case: Case, timeout: float = 5.0, tree: Path | None = None) -> Outcome:
-    """Run one case in this process with a wall-clock cap (SIGALRM; main thread only).
+    """Run one case in this process with a time cap (SIGALRM on wall-clock time, or
+    SIGPROF on CPU time with RESDSL_FUZZ_CLOCK=cpu; main thread only).
     The cwd must be the repository root for repository-relative paths."""
     import resdsl
     from resdsl.errors import ResdslError
@@ -809,14 +815,17 @@ def run_case(case: Case, timeout: float = 5.0, tree: Path | None = None) -> Outc
         # a per-process name, so parallel workers do not overwrite each other's file
         path = path.replace(".fuzz.arch", f".fuzz{os.getpid()}.arch")
         Path(path).write_bytes(case.data)
-    old = signal.signal(signal.SIGALRM, _on_alarm)
-    t0 = time.perf_counter()
+    sig, timer = ((signal.SIGPROF, signal.ITIMER_PROF) if CPU_CLOCK else
+                  (signal.SIGALRM, signal.ITIMER_REAL))
+    clock = time.process_time if CPU_CLOCK else time.perf_counter
+    old = signal.signal(sig, _on_alarm)
+    t0 = clock()
     kind, message, tb, where = OK, "", "", ""
     try:
         try:
             # repeating: a _Timeout raised where Python ignores exceptions (a gc callback,
             # a __del__) or swallowed by a bare `except` is raised again 50 ms later
-            signal.setitimer(signal.ITIMER_REAL, timeout, 0.05)
+            signal.setitimer(timer, timeout, 0.05)
             try:
                 if case.mode == "load":
                     resdsl.load(path)
@@ -830,7 +839,7 @@ def run_case(case: Case, timeout: float = 5.0, tree: Path | None = None) -> Outc
                     kind, message = f"exception:{type(e2).__name__}", f"in render(): {e2}"
                     tb, where = traceback.format_exc(), _where(e2)
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(timer, 0)
     except _Timeout as err:
         kind, message = TIMEOUT, f"over {timeout:g} s"
         tb, where = traceback.format_exc(), _where(err)
@@ -844,8 +853,8 @@ def run_case(case: Case, timeout: float = 5.0, tree: Path | None = None) -> Outc
             message = "<unprintable>"
         tb, where = traceback.format_exc(limit=30), _where(err)
     finally:
-        signal.signal(signal.SIGALRM, old)
-    seconds = time.perf_counter() - t0
+        signal.signal(sig, old)
+    seconds = clock() - t0
     if len(tb) > 20000:
         tb = tb[:5000] + "\n...\n" + tb[-15000:]
     return Outcome(kind, seconds, message[:4000], tb, where,
@@ -897,7 +906,8 @@ class Sandbox:
                  mem_limit_mb: int = 4096, tree_dir: str | Path | None = None) -> None:
         self.ctx = multiprocessing.get_context("fork")
         self.timeout = timeout
-        self.hard_timeout = hard_timeout if hard_timeout is not None else timeout * 1.5 + 2
+        self.hard_timeout = hard_timeout if hard_timeout is not None else (
+            timeout * 4 + 10 if CPU_CLOCK else timeout * 1.5 + 2)
         self.mem_limit_mb = mem_limit_mb
         self._tmp = None
         if tree_dir is None:
