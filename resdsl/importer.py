@@ -3,6 +3,7 @@
 >>> import torchvision, torch
 >>> text = resdsl.from_torch(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
 >>> resdsl.loads(text).to_torch().load_state_dict(torchvision.models.resnet18().state_dict())
+<All keys matched successfully>
 
 How: torch.fx traces the module with a tracer that records, for every node, the stack of
 (non-leaf) modules it was created in. That gives a tree of *scopes*, one per module
