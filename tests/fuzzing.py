@@ -803,6 +803,15 @@ def resolve_path(path: str, tree: Path | None) -> str:
 CPU_CLOCK = os.environ.get("RESDSL_FUZZ_CLOCK") == "cpu"
 
 
+def warm_up() -> None:
+    """Import what a load uses (resdsl imports networkx lazily) and build the parser, so
+    that a worker's first case is not charged the process's start-up."""
+    import resdsl.elaborate  # noqa: F401
+    import resdsl.passes  # noqa: F401
+    from resdsl.syntax.parser import _parser
+    _parser()
+
+
 def run_case(case: Case, timeout: float = 5.0, tree: Path | None = None) -> Outcome:
     """Run one case in this process with a time cap (SIGALRM on wall-clock time, or
     SIGPROF on CPU time with RESDSL_FUZZ_CLOCK=cpu; main thread only).
@@ -877,6 +886,7 @@ def _worker_main(conn, tree: str, timeout: float, mem_limit_mb: int) -> None:
         except (ValueError, OSError):  # pragma: no cover
             pass
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000))
+    warm_up()
     import gc
     gc.callbacks.clear()    # e.g. hypothesis' (inherited through fork): not ours to time
     import resdsl  # noqa: F401 - import before the clock starts
