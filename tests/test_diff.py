@@ -85,6 +85,7 @@ def test_same_spec_and_json():
     assert {x["name"] for x in out["added"]} >= {"layer3.5.conv2", "layer1.2.bn1"}
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_spec_names_the_mismatched_tensors(tmp_path):
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
@@ -105,6 +106,7 @@ def test_checkpoint_of_another_spec_names_the_mismatched_tensors(tmp_path):
     assert r.returncode == 1 and "no: " in r.stdout and "in words:" in r.stdout
 
 
+@pytest.mark.slow
 def test_errors_not_tracebacks(tmp_path):
     bad = tmp_path / "bad.arch"
     bad.write_text("model m() { input [3, 8, 8]\n conv(4, k=99) }")

@@ -193,6 +193,7 @@ def _outcome(text: str):
         return "error", err.message
 
 
+@pytest.mark.slow
 @settings(max_examples=60, derandomize=True, database=None, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), layout=st.integers(0, 2**32 - 1))
@@ -217,6 +218,7 @@ def test_generated_specs_elaborate_the_same_after_fmt(seed, layout):
     assert _outcome(out) == _outcome(text)
 
 
+@pytest.mark.slow
 @settings(max_examples=100, derandomize=True, database=None, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                  HealthCheck.data_too_large])

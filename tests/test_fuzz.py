@@ -56,6 +56,7 @@ def test_fixed_seed_sample(sandbox):
                       {o.signature(): (c, o) for c, o in reversed(failures)}.values()))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, derandomize=True, database=None, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                   HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])

@@ -86,7 +86,8 @@ def test_create_model_loads_torchvision_weights_with_equal_outputs(name):
     assert model.state_dict().keys() == ref.state_dict().keys()
 
 
-@pytest.mark.parametrize("name", TIMM)
+@pytest.mark.parametrize("name", [n if n == "resnet50" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in TIMM])
 def test_timm_state_dicts_load_and_the_classifier_api_agrees(name):
     ref = randomized(timm.create_model(name, pretrained=False))
     model = resdsl.create_model(name, weights=ref.state_dict()).eval()
