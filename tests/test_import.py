@@ -21,13 +21,13 @@ SLOW = pytest.mark.slow
 MODELS = [
     pytest.param(("resnet18", "stage"), id="resnet18"),
     pytest.param(("resnet34", "stage"), id="resnet34", marks=SLOW),
-    pytest.param(("resnet50", "stage"), id="resnet50"),
+    pytest.param(("resnet50", "stage"), id="resnet50", marks=SLOW),
     pytest.param(("resnet101", "stage"), id="resnet101", marks=SLOW),
     pytest.param(("resnet152", "stage"), id="resnet152", marks=SLOW),
     pytest.param(("resnext50_32x4d", "stage"), id="resnext50_32x4d", marks=SLOW),
     pytest.param(("resnext101_32x8d", "stage"), id="resnext101_32x8d", marks=SLOW),
     pytest.param(("wide_resnet50_2", "stage"), id="wide_resnet50_2", marks=SLOW),
-    pytest.param(("densenet121", "dense"), id="densenet121"),
+    pytest.param(("densenet121", "dense"), id="densenet121", marks=SLOW),
     pytest.param(("densenet169", "dense"), id="densenet169", marks=SLOW),
     pytest.param(("densenet201", "dense"), id="densenet201", marks=SLOW),
 ]

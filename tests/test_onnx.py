@@ -39,7 +39,9 @@ SLOW = {"resnet1202", "preact_resnet1001", "densenet169", "densenet201", "resnet
         "resnext50_32x4d_b", "resnext29_8x64d",
         # ImageNet-sized: a few seconds to a minute each on 2 shared cores
         "resnet34", "resnet50", "resnext50", "resnext50_32x4d", "densenet121",
-        "resnext50_32x4d_c"}
+        "resnext50_32x4d_c",
+        # deep CIFAR nets: the quick loop keeps resnet20/32 and resnet18
+        "preact_resnet164", "densenet_bc_100_12", "resnet110", "resnet56", "resnet44"}
 TOL = 1e-5
 
 
@@ -125,7 +127,8 @@ def test_reference_spec(path):
 
 
 @pytest.mark.parametrize("path", ["specs/resnet20.arch", "specs/resnet18.arch",
-                                  "specs/densenet_bc_100_12.arch"])
+                                  pytest.param("specs/densenet_bc_100_12.arch",
+                                               marks=pytest.mark.slow)])
 def test_fold_bn(path):
     arch = resdsl.load(path)
     module = calibrated(arch)
