@@ -426,7 +426,7 @@ class _Printer:
         if isinstance(e, A.Call):
             return self.call(e)
         if isinstance(e, A.Labeled):
-            return [self.t(e.label), self.t(":"), " ", self.expr(e.inner)]
+            return [self.t(), self.t(":"), " ", self.expr(e.inner)]  # a name, number or string
         if isinstance(e, A.Group):
             open_ = self.t("(")
             inner = self.expr(e.inner, level=True)

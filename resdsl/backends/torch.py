@@ -101,7 +101,9 @@ def _pool(fn: str) -> Callable[[Call], str]:
     def expr(c: Call) -> str:
         a = c.attrs
         return (f"F.{fn}({c.args[0]}, {literal(a.k)}, {literal(a.stride)}, {literal(a.p)}"
-                + (", ceil_mode=True" if a.ceil_mode else "") + ")")
+                + (", ceil_mode=True" if a.ceil_mode else "")
+                + ("" if getattr(a, "count_include_pad", True) else ", count_include_pad=False")
+                + ")")
     return expr
 
 
@@ -109,6 +111,20 @@ def _zeropad_expr(c: Call) -> str:
     before, after = c.attrs.pads(c.shapes[0][0])
     return (f"_zeropad({c.args[0]}, {literal(before)}, {literal(after)}, "
             f"{literal(c.attrs.s)})")
+
+
+def _channel_conv_expr(c: Call) -> str:
+    x = c.args[0]
+    rest = ", 1, 1" if len(c.shapes[0]) == 3 else ""
+    return f"{c.module}({x}.view({x}.shape[0], 1, -1)).view({x}.shape[0], -1{rest})"
+
+
+def _act(fn: str, inplace: bool = True, extra: Callable[[Any], str] = lambda a: "") \
+        -> TorchOp:
+    """An element-wise activation `F.fn(x, ...)`, with its in-place form where torch has one."""
+    return TorchOp(lambda c: f"{fn}({c.args[0]}{extra(c.attrs)})",
+                   inplace=(lambda c: f"{fn}({c.args[0]}{extra(c.attrs)}, inplace=True)")
+                   if inplace else None)
 
 
 def _submodule(c: Call) -> str:
@@ -140,6 +156,26 @@ TORCH: dict[str, TorchOp] = {
                    inplace=lambda c: c.args[0] + "".join(f".add_({a})" for a in c.args[1:])),
     "concat": TorchOp(lambda c: f"torch.cat([{', '.join(c.args)}], 1)", fresh=True),
     "zeropad": TorchOp(_zeropad_expr),
+    "sigmoid": TorchOp(lambda c: f"torch.sigmoid({c.args[0]})", fresh=True),
+    "silu": _act("F.silu"),
+    "gelu": _act("F.gelu", inplace=False),
+    "hardsigmoid": _act("F.hardsigmoid"),
+    "tanh": TorchOp(lambda c: f"torch.tanh({c.args[0]})", fresh=True),
+    "leaky_relu": _act("F.leaky_relu", extra=lambda a: f", {literal(a.slope)}"),
+    "identity": TorchOp(lambda c: c.args[0]),
+    "mul": TorchOp(lambda c: f"{c.args[0]} * {c.args[1]}", fresh=True),
+    "gn": TorchOp(_submodule, fresh=True, module=lambda a, ins: (
+        f"nn.GroupNorm({literal(a.groups)}, {literal(ins[0][0])}"
+        + (f", eps={literal(a.eps)}" if a.eps != 1e-5 else "") + ")")),
+    "channel_conv": TorchOp(_channel_conv_expr, fresh=True, module=lambda a, ins: (
+        f"nn.Conv1d(1, 1, kernel_size={literal(a.k)}, padding={literal(a.pad)}, "
+        "bias=False)")),
+    "slice": TorchOp(lambda c: f"{c.args[0]}[:, {literal(c.attrs.start)}:"
+                               f"{literal(c.attrs.stop)}]"),
+    "drop_path": TorchOp(lambda c: c.args[0] if c.attrs.p == 0 else
+                         f"_drop_path({c.args[0]}, {literal(c.attrs.p)}, self.training)"),
+    "branch_softmax": TorchOp(lambda c: f"_branch_softmax({c.args[0]}, {literal(c.attrs.n)}, "
+                                        f"{literal(c.attrs.card)})", fresh=True),
 }
 
 # op -> why the torch backend cannot express it (shown to the user)
@@ -173,6 +209,23 @@ def _zeropad(x, before: int, after: int, stride: int):
     if stride != 1:
         x = x[:, :, ::stride, ::stride]
     return F.pad(x, (0, 0, 0, 0, before, after))
+
+
+def _drop_path(x, p: float, training: bool):
+    """Stochastic depth: in training, zero whole samples with probability p and scale the
+    kept ones by 1 / (1 - p) (timm's drop_path); the identity in eval."""
+    if not training or p == 0.0:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+def _branch_softmax(x, n: int, card: int):
+    """Softmax across n branches: channels viewed as [card, n, K], normalised over n,
+    laid out as [n, card, K] (timm's rSoftMax; card=1 is selective kernel's)."""
+    b = x.shape[0]
+    return x.reshape(b, card, n, -1).transpose(1, 2).softmax(1).reshape(x.shape)
 
 
 def _concat_norm_relu_conv(norm, conv, memory_efficient: bool, *features):

@@ -8,6 +8,7 @@ the first repetitions, before the rest are done.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from resdsl.elab.naming import Namer, name_template
@@ -18,7 +19,7 @@ from resdsl.syntax import ast as A
 
 # name -> an example, quoted by error hints
 EXAMPLES = {
-    "stage": "stage(bottleneck(64), n=3, first={stride: 2})",
+    "stage": "stage(bottleneck(64), n=3, first={stride: 2}, each={drop: 0.1 * i / 2})",
     "dense": "dense(dense_layer(32), n=6, name=\"denselayer{i+1}\")",
     "paths": "paths(path(4), n=32, merge=\"sum\")",
     "shortcut": "shortcut(downsample: (conv(256, k=1, s=2) -> bn))",
@@ -112,7 +113,17 @@ class Combinators:
         return sub, prefix
 
     def stage(self, e: A.Call, x: Tensor, frame: Frame, label, label_span) -> Tensor:
-        unit, opts = self.comb_args(e, frame, {"n": REQUIRED, "first": {}, "name": "{i}"})
+        each = [a for a in e.args if a.name == "each"]
+        if each:   # evaluated per repetition, with `i` bound: not by comb_args
+            e = dataclasses.replace(e, args=tuple(a for a in e.args if a.name != "each"))
+        if len(each) > 1:
+            raise ResdslError("option `each` of `stage` is given twice", each[1].span)
+        if each and not isinstance(each[0].value, A.DictE):
+            raise ResdslError("`each` must be written `{param: expression of i, ...}`",
+                              each[0].value.span,
+                              hint="e.g. `each={drop: rate * i / (n - 1)}`; i counts from 0")
+        unit, opts = self.comb_args(e, frame, {"n": REQUIRED, "first": {}, "each": {},
+                                               "name": "{i}"})
         n = self.count(opts, "n", "stage")
         first, first_span = opts["first"]
         if not isinstance(first, dict):
@@ -122,8 +133,13 @@ class Combinators:
         sub, _ = self.scope_frame(frame, label, label_span, "stage", e.span)
         for i in range(n):
             mark, steps, edges = len(self.b.added), self.steps, self.b.edges
+            overrides = dict(first) if i == 0 else {}
+            if each:
+                at = Frame(frame.module, {**frame.vars, "i": i}, frame.namer, (), frame.block,
+                           scope=frame.scope)
+                overrides.update({k: self.eval(v, at) for k, v, _ in each[0].value.items})
             x = self.apply(A.Labeled(name(i), unit, unit.span, unit.span), x, sub,
-                           overrides=first if (i == 0 and first) else None)
+                           overrides=overrides or None)
             if i == 1 or (i == 0 and not first):
                 self.predict(opts, i + 1, n, mark, steps, edges, "stage")
         return x

@@ -20,8 +20,10 @@ from resdsl.syntax import ast as A
 FUNCTIONS = {
     "floor": lambda x: math.floor(x), "ceil": lambda x: math.ceil(x),
     "round": lambda x: round(x), "int": lambda x: int(x), "min": min, "max": max,
-    "abs": abs, "len": len,
+    "abs": abs, "len": len, "log2": lambda x: math.log2(x),
 }
+# operators on two tensors -> the op they make
+TENSOR_OPS = {"+": "add", "*": "mul"}
 DIMS = {"c": 0, "h": 1, "w": 2, "channels": 0, "height": 1, "width": 2}
 
 
@@ -142,13 +144,14 @@ class Expressions:
         a = self.eval(e.left, frame)
         b = self.eval(e.right, frame)
         if isinstance(a, Tensor) or isinstance(b, Tensor):
-            if e.op != "+" or not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+            if e.op not in TENSOR_OPS or not (isinstance(a, Tensor) and isinstance(b, Tensor)):
                 raise ResdslError(f"`{e.op}` of {kind(a)} and {kind(b)}", e.op_span,
-                                  hint="tensors support `+` (element-wise add) only; "
-                                       "use concat(a, b) to stack channels")
-            name = frame.namer.auto("add", self.b.g)
-            return self.b.add(name, OPS["add"], OPS["add"].attrs(), [a, b], e.span,
-                              frame.scope, frame.block)
+                                  hint="tensors support `+` (element-wise add) and `*` "
+                                       "(element-wise product) only; use concat(a, b) to "
+                                       "stack channels")
+            op = OPS[TENSOR_OPS[e.op]]
+            name = frame.namer.auto(op.name, self.b.g)
+            return self.b.add(name, op, op.attrs(), [a, b], e.span, frame.scope, frame.block)
         if e.op in ("==", "!="):
             return (a == b) if e.op == "==" else (a != b)
         x = self.number(a, e.left.span)

@@ -81,6 +81,57 @@ class PoolAttrs:
 
 
 @dataclass(frozen=True)
+class AvgPoolAttrs(PoolAttrs):
+    count_include_pad: bool = True
+
+
+@dataclass(frozen=True)
+class LeakyReluAttrs:
+    slope: float = 0.01
+
+
+@dataclass(frozen=True)
+class GNAttrs:
+    groups: int
+    eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class ChannelConvAttrs:
+    """A 1-D convolution along the channels of a pooled `[C, 1, 1]` (or `[C]`) vector, one
+    filter shared by all channels (ECA). p=-1: "same" padding, (k - 1) // 2."""
+
+    k: int = 3
+    p: int = -1
+
+    @property
+    def pad(self) -> int:
+        return (self.k - 1) // 2 if self.p == -1 else self.p
+
+
+@dataclass(frozen=True)
+class SliceAttrs:
+    """Channels start..stop-1 (stop excluded)."""
+
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class DropPathAttrs:
+    p: float = 0.0
+
+
+@dataclass(frozen=True)
+class BranchSoftmaxAttrs:
+    """Softmax across n branches: the channels, viewed as [card, n, K], are normalised
+    over n and laid out as [n, card, K] (timm's rSoftMax; card=1 is SK's attention)."""
+
+    n: int
+    card: int = 1
+
+
+@dataclass(frozen=True)
 class LinearAttrs:
     out: int
     bias: bool = True
@@ -191,6 +242,90 @@ def _pool_shape(op: str) -> Callable:
     return rule
 
 
+def _leaky_shape(a: LeakyReluAttrs, ins: list[Shape]) -> Shape:
+    if not -1e6 < a.slope < 1e6:
+        raise ShapeError(f"leaky_relu slope={a.slope} is out of range",
+                         hint="the negative slope is a small number, e.g. leaky_relu(0.01)")
+    return ins[0]
+
+
+def _gn_shape(a: GNAttrs, ins: list[Shape]) -> Shape:
+    c, _, _ = _need_map("gn", ins[0])
+    if a.groups < 1:
+        raise ShapeError(f"gn groups={a.groups} must be at least 1")
+    if c % a.groups:
+        raise ShapeError(f"gn with groups={a.groups}: channels {c} are not divisible by "
+                         f"{a.groups}", hint="the channels must be a multiple of groups, "
+                                             "e.g. gn(32) on 64 channels")
+    if not 0 < a.eps < 1:
+        raise ShapeError(f"gn eps={a.eps} must be a small positive number",
+                         hint="the default is eps=1e-5")
+    return ins[0]
+
+
+def _vector(op: str, shape: Shape) -> int:
+    """The length of a pooled vector, `[C, 1, 1]` or `[C]`."""
+    if len(shape) == 1 or (len(shape) == 3 and shape[1:] == (1, 1)):
+        return shape[0]
+    raise ShapeError(f"{op} works on a pooled vector [C, 1, 1] or [C], got {fmt(shape)}",
+                     hint=f"apply `global_avgpool` before {op}")
+
+
+def _channel_conv_shape(a: ChannelConvAttrs, ins: list[Shape]) -> Shape:
+    c = _vector("channel_conv", ins[0])
+    if a.k < 1:
+        raise ShapeError(f"channel_conv k={a.k} must be at least 1")
+    if a.p < -1 or a.pad > a.k - 1:
+        raise ShapeError(f"channel_conv p={a.p} must be between 0 and k - 1 = {a.k - 1} "
+                         "(or -1, the default: (k - 1) // 2)")
+    out = c + 2 * a.pad - a.k + 1
+    if out < 1:
+        raise ShapeError(f"channel_conv with k={a.k} collapses {c} channels to {max(out, 0)}")
+    return (out,) + ins[0][1:]
+
+
+def _slice_shape(a: SliceAttrs, ins: list[Shape]) -> Shape:
+    c = ins[0][0]
+    if not 0 <= a.start < a.stop <= c:
+        raise ShapeError(f"slice({a.start}, {a.stop}) of {c} channels: need "
+                         f"0 <= start < stop <= {c}",
+                         hint="slice(start, stop) keeps channels start..stop-1")
+    return (a.stop - a.start,) + ins[0][1:]
+
+
+def _drop_path_shape(a: DropPathAttrs, ins: list[Shape]) -> Shape:
+    if not 0 <= a.p < 1:
+        raise ShapeError(f"drop_path p={a.p} must be at least 0 and below 1",
+                         hint="p is the probability of dropping the branch, e.g. "
+                              "drop_path(0.05)")
+    return ins[0]
+
+
+def _branch_softmax_shape(a: BranchSoftmaxAttrs, ins: list[Shape]) -> Shape:
+    c = _vector("branch_softmax", ins[0])
+    if a.n < 2:
+        raise ShapeError(f"branch_softmax n={a.n} needs at least 2 branches",
+                         hint="for one branch use `sigmoid`, as timm's rSoftMax does")
+    if a.card < 1:
+        raise ShapeError(f"branch_softmax card={a.card} must be at least 1")
+    if c % (a.n * a.card):
+        raise ShapeError(f"branch_softmax(n={a.n}, card={a.card}): {c} channels are not "
+                         f"divisible by n * card = {a.n * a.card}")
+    return ins[0]
+
+
+def _mul_shape(a: NoAttrs, ins: list[Shape]) -> Shape:
+    x, y = ins
+    if x == y:
+        return x
+    for big, small in ((x, y), (y, x)):
+        if len(big) == 3 and small == (big[0], 1, 1):
+            return big
+    raise ShapeError(f"mul of tensors with shapes {fmt(x)} and {fmt(y)}",
+                     hint="`*` multiplies tensors of the same shape, or scales a [C, H, W] "
+                          "map by a [C, 1, 1] vector (a gate, as squeeze-and-excitation does)")
+
+
 def _gap_shape(a: NoAttrs, ins: list[Shape]) -> Shape:
     c, _, _ = _need_map("global_avgpool", ins[0])
     return (c, 1, 1)
@@ -269,6 +404,18 @@ def _bn_buffers(a: BNAttrs, ins: list[Shape]) -> dict[str, Shape]:
     return {"running_mean": (ins[0][0],), "running_var": (ins[0][0],)}
 
 
+def _gn_params(a: GNAttrs, ins: list[Shape]) -> dict[str, Shape]:
+    return {"weight": (ins[0][0],), "bias": (ins[0][0],)}
+
+
+def _channel_conv_params(a: ChannelConvAttrs, ins: list[Shape]) -> dict[str, Shape]:
+    return {"weight": (1, 1, a.k)}
+
+
+def _channel_conv_macs(a: ChannelConvAttrs, ins: list[Shape], out: Shape) -> int:
+    return out[0] * a.k
+
+
 def _linear_params(a: LinearAttrs, ins: list[Shape]) -> dict[str, Shape]:
     p = {"weight": (a.out, ins[0][0])}
     if a.bias:
@@ -327,8 +474,9 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("relu", NoAttrs, _same("relu"), "rectified linear unit", "relu"),
     OpDef("maxpool", PoolAttrs, _pool_shape("maxpool"), "max pooling (s defaults to k)",
           "maxpool(k=3, s=2, p=1)", stride=lambda a: a.stride),
-    OpDef("avgpool", PoolAttrs, _pool_shape("avgpool"), "average pooling (s defaults to k)",
-          "avgpool(k=2, s=2)", stride=lambda a: a.stride),
+    OpDef("avgpool", AvgPoolAttrs, _pool_shape("avgpool"),
+          "average pooling (s defaults to k; count_include_pad=false averages over the "
+          "unpadded part of the window only)", "avgpool(k=2, s=2)", stride=lambda a: a.stride),
     OpDef("global_avgpool", NoAttrs, _gap_shape, "average over H and W: [C, H, W] -> [C, 1, 1]",
           "global_avgpool"),
     OpDef("flatten", NoAttrs, _flatten_shape, "[C, H, W] -> [C*H*W]", "flatten"),
@@ -340,6 +488,34 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
           "main + skip", arity=(2, None)),
     OpDef("concat", NoAttrs, _concat_shape, "channel concatenation", "concat(a, b)",
           arity=(1, None)),
+    OpDef("sigmoid", NoAttrs, _same("sigmoid"), "logistic sigmoid, 1 / (1 + e^-x)", "sigmoid"),
+    OpDef("silu", NoAttrs, _same("silu"), "x * sigmoid(x) (swish)", "silu"),
+    OpDef("gelu", NoAttrs, _same("gelu"), "Gaussian error linear unit (exact, erf form)",
+          "gelu"),
+    OpDef("hardsigmoid", NoAttrs, _same("hardsigmoid"), "relu6(x + 3) / 6", "hardsigmoid"),
+    OpDef("tanh", NoAttrs, _same("tanh"), "hyperbolic tangent", "tanh"),
+    OpDef("leaky_relu", LeakyReluAttrs, _leaky_shape, "max(x, 0) + slope * min(x, 0)",
+          "leaky_relu(0.1)"),
+    OpDef("identity", NoAttrs, _same("identity"),
+          "no-op: passes its input on (holds a name, e.g. a position in a numbered group)",
+          "identity"),
+    OpDef("mul", NoAttrs, _mul_shape,
+          "element-wise product (`a * b`); a [C, 1, 1] gate broadcasts over [C, H, W]",
+          "x * gate", arity=(2, 2)),
+    OpDef("gn", GNAttrs, _gn_shape, "group normalisation: channels in `groups` groups",
+          "gn(32)", param_shapes=_gn_params),
+    OpDef("channel_conv", ChannelConvAttrs, _channel_conv_shape,
+          "1-D convolution along the channels of a pooled [C, 1, 1] vector, one shared "
+          "filter of k taps, no bias (ECA)", "channel_conv(k=5)",
+          param_shapes=_channel_conv_params, macs=_channel_conv_macs),
+    OpDef("slice", SliceAttrs, _slice_shape, "channels start..stop-1 of a tensor",
+          "slice(x, 0, 26)"),
+    OpDef("drop_path", DropPathAttrs, _drop_path_shape,
+          "stochastic depth: in training, zero the whole sample with probability p (scaling "
+          "the rest by 1 / (1 - p)); identity in eval", "drop_path(0.05)"),
+    OpDef("branch_softmax", BranchSoftmaxAttrs, _branch_softmax_shape,
+          "softmax across n branches of a pooled vector viewed as [card, n, K], laid out "
+          "[n, card, K] (selective kernel / split attention)", "branch_softmax(2)"),
     OpDef("zeropad", ZeroPadAttrs, _zeropad_shape,
           "option-A shortcut: subsample by s, zero-pad channels to c", "zeropad(32, s=2)",
           stride=lambda a: a.s),

@@ -220,7 +220,14 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def labeled(self, meta, children):
         label, inner = children
-        return A.Labeled(str(label), inner, self.sp(meta), self.sp(label))
+        text = str(label)
+        if label.type == "STRING":
+            text = text[1:-1]
+        if not _LABEL.fullmatch(text):
+            raise ResdslError(f"`{str(label)}` is not a label", self.sp(label),
+                              hint="a label is a name (`conv1`), a whole number (`1`), or a "
+                                   "quoted dotted path of those (`\"convs.0\"`)")
+        return A.Labeled(text, inner, self.sp(meta), self.sp(label))
 
     @v_args(meta=True)
     def group(self, meta, children):
@@ -242,6 +249,9 @@ class _ToAst(Transformer):
                                   hint="write overrides as `first={stride: 2}`")
             items.append(entry)
         return A.DictE(tuple(items), self.sp(meta))
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
 
 def _entry(e: A.Expr) -> tuple[str, A.Expr, Span] | None:
