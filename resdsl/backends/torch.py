@@ -27,6 +27,7 @@ from typing import Any, Callable
 import networkx as nx
 
 from resdsl import __version__
+from resdsl import extend
 from resdsl.backends import require_ops
 from resdsl.errors import ResdslError
 from resdsl.ir.graph import inputs_of, topo_order
@@ -255,6 +256,15 @@ def _init(module: nn.Module, zero_init: tuple = ()) -> None:
 '''
 
 
+_REGISTERED_PRELUDE = '''
+
+
+def _registered_module(name: str, attrs: dict, shapes: tuple) -> nn.Module:
+    """A layer of an op registered with resdsl.register_op (in this process)."""
+    from resdsl.extend import torch_module
+    return torch_module(name, attrs, shapes)'''
+
+
 # model-name prefixes -> the class torchvision/timm would use for that family
 _FAMILIES = [("densenet", "DenseNet"), ("preact_resnet", "PreActResNet"),
              ("resnext", "ResNet"), ("wide_resnet", "ResNet"), ("resnet", "ResNet")]
@@ -475,8 +485,8 @@ def to_source(arch, class_name_: str | None = None) -> str:
     """Standalone PyTorch source for `arch`: imports only torch, defines one nn.Module."""
     g = arch.graph
     cls = class_name(class_name_ or arch.name)
-    _check_names(g)
     require_ops(g, TORCH, UNSUPPORTED, "torch")
+    _check_names(g)
     order = topo_order(g)
     patterns = _dense_bottlenecks(g)
     fused = {p.concat for p in patterns.values()} | {p.norm for p in patterns.values()} | \
@@ -533,9 +543,14 @@ def to_source(arch, class_name_: str | None = None) -> str:
         f"{arch.num_params():,} parameters, {arch.macs():,} MACs per sample.",
         "This file imports only torch.",
     ])
+    registered = sorted({d["op"] for _, d in g.nodes(data=True)} & set(extend.REGISTERED))
+    if registered:
+        doc = doc.replace("This file imports only torch.",
+                          f"It uses ops registered with resdsl.register_op ({', '.join(registered)}): "
+                          "import resdsl and register them before loading it.")
     lines = [
         _docstring(doc),
-        _PRELUDE.rstrip(),
+        _PRELUDE.rstrip() + (_REGISTERED_PRELUDE if registered else ""),
         "",
         "",
         f"class {cls}(nn.Module):",

@@ -503,13 +503,13 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
           "element-wise product (`a * b`); a [C, 1, 1] gate broadcasts over [C, H, W]",
           "x * gate", arity=(2, 2)),
     OpDef("gn", GNAttrs, _gn_shape, "group normalisation: channels in `groups` groups",
-          "gn(32)", param_shapes=_gn_params),
+          "gn(8)", param_shapes=_gn_params),
     OpDef("channel_conv", ChannelConvAttrs, _channel_conv_shape,
           "1-D convolution along the channels of a pooled [C, 1, 1] vector, one shared "
           "filter of k taps, no bias (ECA)", "channel_conv(k=5)",
           param_shapes=_channel_conv_params, macs=_channel_conv_macs),
     OpDef("slice", SliceAttrs, _slice_shape, "channels start..stop-1 of a tensor",
-          "slice(x, 0, 26)"),
+          "slice(x, 0, 8)"),
     OpDef("drop_path", DropPathAttrs, _drop_path_shape,
           "stochastic depth: in training, zero the whole sample with probability p (scaling "
           "the rest by 1 / (1 - p)); identity in eval", "drop_path(0.05)"),
