@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
-
-from resdsl.ir.graph import inputs_of, topo_order
+from resdsl.ir.graph import IRGraph, inputs_of, topo_order
 from resdsl.ir.ops import OPS, fmt
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 @dataclass(frozen=True)
@@ -36,23 +37,41 @@ class Row:
 class Arch:
     """A validated network: its IR graph plus summaries and lowerings."""
 
-    def __init__(self, graph: nx.MultiDiGraph, source_text: str, path: str | None) -> None:
-        self.graph = graph
+    def __init__(self, graph: nx.MultiDiGraph | IRGraph, source_text: str,
+                 path: str | None) -> None:
+        self._g = graph
         self.path = path
         self.name: str = graph.graph["name"]
         self._source_text = source_text
 
+    @property
+    def graph(self) -> nx.MultiDiGraph:
+        """The IR as a networkx.MultiDiGraph (made from the elaborated IRGraph on first
+        use, so that what only summarises a network never imports networkx); changes
+        made to it are what the other methods see."""
+        if isinstance(self._g, IRGraph):
+            self._g = self._g.to_networkx()
+        return self._g
+
+    @graph.setter
+    def graph(self, graph: nx.MultiDiGraph) -> None:
+        self._g = graph
+
     # ---- facts
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return self.graph.nodes[self.graph.graph["inputs"][0]]["shape"]
+        return self._g.nodes[self._g.graph["inputs"][0]]["shape"]
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        return self.graph.nodes[self.graph.graph["outputs"][0]]["shape"]
+        return self._g.nodes[self._g.graph["outputs"][0]]["shape"]
+
+    def num_layers(self) -> int:
+        """Number of layers (nodes of the graph, the input included)."""
+        return len(self._g)
 
     def layer_inputs(self, name: str) -> list[str]:
-        return inputs_of(self.graph, name)
+        return inputs_of(self._g, name)
 
     def parameters(self) -> dict[str, tuple[int, ...]]:
         """Trainable parameters by state_dict key (`layer1.0.conv1.weight`) -> shape."""
@@ -64,9 +83,10 @@ class Arch:
 
     def _tensors(self, kind: str) -> dict[str, tuple[int, ...]]:
         out: dict[str, tuple[int, ...]] = {}
-        for name in topo_order(self.graph):
-            d = self.graph.nodes[name]
-            ins = [self.graph.nodes[s]["shape"] for s in inputs_of(self.graph, name)]
+        g = self._g
+        for name in topo_order(g):
+            d = g.nodes[name]
+            ins = [g.nodes[s]["shape"] for s in inputs_of(g, name)]
             for key, shape in getattr(OPS[d["op"]], kind)(d["attrs"], ins).items():
                 out[f"{name}.{key}"] = shape
         return out
@@ -82,17 +102,18 @@ class Arch:
     def spec_hash(self) -> str:
         """A hash of the elaborated network (graph structure, attributes, shapes)."""
         h = hashlib.sha256()
-        for name in topo_order(self.graph):
-            d = self.graph.nodes[name]
+        g = self._g
+        for name in topo_order(g):
+            d = g.nodes[name]
             h.update(json.dumps([name, d["op"], repr(d["attrs"]), list(d["shape"]),
-                                 inputs_of(self.graph, name)]).encode())
+                                 inputs_of(g, name)]).encode())
         return h.hexdigest()[:16]
 
     # ---- tables
     def rows(self, depth: int | None = None) -> list[Row]:
         """Per-layer rows in execution order; with `depth`, layers are grouped by the first
         `depth` parts of their dotted names (`--depth 1` gives conv1, layer1, ..., fc)."""
-        g = self.graph
+        g = self._g
         rows: list[Row] = []
         for name in topo_order(g):
             d = g.nodes[name]
@@ -124,7 +145,7 @@ class Arch:
         header = ("name", "op", "output", "params", "MACs")
         body = [(r.name, r.op if r.layers == 1 else f"{r.op} ({r.layers} layers)",
                  fmt(r.shape), f"{r.params:,}", f"{r.macs:,}") for r in rows]
-        total = ("total", f"{len(self.graph)} layers", fmt(self.output_shape),
+        total = ("total", f"{self.num_layers()} layers", fmt(self.output_shape),
                  f"{self.num_params():,}", f"{self.macs():,}")
         widths = [max(len(x[i]) for x in [header, total, *body]) for i in range(5)]
 
@@ -165,7 +186,7 @@ class Arch:
         return to_source(self, **kwargs)
 
     def __repr__(self) -> str:
-        return (f"<Arch {self.name}: {len(self.graph)} layers, "
+        return (f"<Arch {self.name}: {self.num_layers()} layers, "
                 f"{self.num_params():,} params, input {fmt(self.input_shape)}>")
 
 

@@ -146,7 +146,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             status = 1
             continue
         if not args.quiet:
-            print(f"{path}: ok: {arch.name}, {len(arch.graph)} layers, "
+            print(f"{path}: ok: {arch.name}, {arch.num_layers()} layers, "
                   f"{arch.num_params():,} parameters, {arch.macs():,} MACs")
     return status
 

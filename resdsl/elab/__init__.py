@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import networkx as nx
-
 from resdsl.elab.builder import Builder
 from resdsl.elab.combinators import Combinators
 from resdsl.elab.expressions import Expressions
@@ -32,6 +30,7 @@ from resdsl.elab.layers import Layers
 from resdsl.elab.values import (BlockRef, ModuleEnv, Tensor, check_value, is_model,
                                 resolve_blocks)
 from resdsl.errors import ResdslError, Span
+from resdsl.ir.graph import IRGraph
 from resdsl.limits import DEFAULT, Limits
 
 __all__ = ["BlockRef", "Builder", "Elaborator", "ModuleEnv", "Tensor", "check_value",
@@ -59,8 +58,9 @@ class Elaborator(Expressions, Layers, Combinators):
 
 
 def elaborate(ref: BlockRef, params: dict[str, Any] | None = None,
-              limits: Limits = DEFAULT) -> nx.MultiDiGraph:
-    """Elaborate the model `ref` with parameter overrides into an IR graph."""
+              limits: Limits = DEFAULT) -> IRGraph:
+    """Elaborate the model `ref` with parameter overrides into an IR graph (an IRGraph:
+    `Arch.graph` is its networkx form)."""
     builder = Builder(ref.defn.name, limits)
     el = Elaborator(builder)
     span = ref.defn.name_span

@@ -6,7 +6,7 @@ import math
 
 from resdsl.elab.values import Tensor
 from resdsl.errors import ResdslError, Span
-from resdsl.ir.graph import new_graph
+from resdsl.ir.graph import new_ir
 from resdsl.ir.ops import OpDef, ShapeError, fmt
 from resdsl.limits import DEFAULT, Limits
 
@@ -17,7 +17,7 @@ class Builder:
     refuses a node that would exceed one, before adding it."""
 
     def __init__(self, name: str, limits: Limits = DEFAULT) -> None:
-        self.g = new_graph(name)
+        self.g = new_ir(name)
         self.limits = limits
         self.added: list[str] = []
         self.auto: dict[str, Span] = {}  # names given automatically -> the layer's span

@@ -14,17 +14,24 @@ True
 
 from __future__ import annotations
 
-import networkx as nx
+from typing import TYPE_CHECKING, TypeVar
 
 from resdsl.errors import ResdslError
-from resdsl.ir.graph import inputs_of, topo_order
+from resdsl.ir.graph import IRGraph, as_networkx, inputs_of, is_acyclic, topo_order
 from resdsl.ir.ops import OPS, ShapeError
 
+if TYPE_CHECKING:
+    import networkx as nx
 
-def validate(g: nx.MultiDiGraph) -> nx.MultiDiGraph:
-    """Check the IR contract and (re)compute `shape` on every node; return the graph."""
-    if not nx.is_directed_acyclic_graph(g):
-        cycle = nx.find_cycle(g)
+G = TypeVar("G", IRGraph, "nx.MultiDiGraph")
+
+
+def validate(g: G) -> G:
+    """Check the IR contract and (re)compute `shape` on every node; return the graph
+    (a networkx.MultiDiGraph, or the IRGraph elaboration builds)."""
+    if not is_acyclic(g):
+        import networkx as nx
+        cycle = nx.find_cycle(as_networkx(g))
         names = [e[0] for e in cycle]
         span = g.nodes[names[0]].get("span")
         raise ResdslError(f"the graph has a cycle: {' -> '.join(names + [names[0]])}", span,

@@ -33,8 +33,9 @@ def _grammar_path() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
-    return Lark(_grammar_path().read_text(), parser="lalr", propagate_positions=True,
-                maybe_placeholders=True, start=["start", "expr"], cache=True)
+    from resdsl.parser_cache import cached_lark  # per-user, checked; not lark's /tmp one
+    return cached_lark(_grammar_path().read_text(), parser="lalr", propagate_positions=True,
+                       maybe_placeholders=True, start=["start", "expr"])
 
 
 def _span(src: Source, meta_or_token) -> Span:
