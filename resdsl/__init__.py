@@ -30,6 +30,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'resdsl' has no attribute {name!r}")
 
 __all__ = ["Arch", "Limits", "ResdslError", "check_library", "create_model", "list_models",
+           "register_op",
            "load", "load_artifact", "loads", "model_params", "__version__"]
 __version__ = "0.1.0"
 
@@ -225,3 +226,10 @@ def load_artifact(path: str | Path):
     files). Call the result on a numpy batch."""
     from resdsl.backends.tvm.artifact import load_artifact as _load
     return _load(path)
+
+
+def register_op(name: str, attrs: dict[str, Any] | None = None, **kwargs: Any):
+    """Add a new op to the registry from Python (see resdsl.extend.register_op and
+    docs/language.md, "Extending: new ops")."""
+    from resdsl.extend import register_op as _register
+    return _register(name, attrs, **kwargs)
