@@ -58,6 +58,9 @@ class _Ctx:
         self.batch = batch
         self.params: dict[str, np.ndarray] = {}
         self.vars: dict[str, Any] = {}
+        self.lanes: int | None = None   # resdsl's CPU kernels, when set
+        self.bb: Any = None             # the BlockBuilder (for ops that add PrimFuncs)
+        self.funcs: dict = {}           # PrimFuncs added by ops, by shape
 
     def weight(self, key: str) -> np.ndarray:
         return _np(self.weights[key])
@@ -125,7 +128,7 @@ def _pool(kind: str) -> Callable:
     def rule(ctx: _Ctx, name, a, args, folds):
         nn = ctx.relax.op.nn
         fn = nn.max_pool2d if kind == "max" else nn.avg_pool2d
-        kwargs = {} if kind == "max" else {"count_include_pad": True}
+        kwargs = {} if kind == "max" else {"count_include_pad": a.count_include_pad}
         return fn(args[0], pool_size=a.k, strides=a.stride, padding=a.p,
                   ceil_mode=a.ceil_mode, **kwargs)
     return rule
@@ -140,6 +143,80 @@ def _zeropad(ctx: _Ctx, name, a, args, folds):
         x = op.strided_slice(x, axes=[2, 3], begin=[0, 0], end=[h, w], strides=[a.s, a.s])
     lo, hi = a.pads(c)
     return op.nn.pad(x, pad_width=[0, 0, lo, hi, 0, 0, 0, 0])
+
+
+def _shape(ctx: _Ctx, name: str) -> tuple[int, ...]:
+    """The batched shape of layer `name`'s output."""
+    return (ctx.batch, *ctx.g.nodes[name]["shape"])
+
+
+def _hardsigmoid(ctx: _Ctx, name, a, args, folds):
+    # torch's form, relu6(x + 3) / 6, rather than clip(x / 6 + 1/2, 0, 1): same rounding
+    op = ctx.relax.op
+    three, six = ctx.relax.const(3.0, "float32"), ctx.relax.const(6.0, "float32")
+    return op.divide(op.clip(op.add(args[0], three), 0.0, 6.0), six)
+
+
+def _gn(ctx: _Ctx, name, a, args, folds):
+    return ctx.relax.op.nn.group_norm(
+        args[0], ctx.param(f"{name}.weight", ctx.weight(f"{name}.weight")),
+        ctx.param(f"{name}.bias", ctx.weight(f"{name}.bias")), num_groups=a.groups,
+        channel_axis=1, axes=[2, 3], epsilon=a.eps)
+
+
+def _channel_conv(ctx: _Ctx, name, a, args, folds):
+    """ECA: the pooled [N, C, 1, 1] (or [N, C]) vector as a one-channel row [N, 1, C],
+    a 1-D convolution along it, and back."""
+    op = ctx.relax.op
+    (src,) = inputs_of(ctx.g, name)
+    c = ctx.g.nodes[src]["shape"][0]
+    out = _shape(ctx, name)
+    row = op.reshape(args[0], (ctx.batch, 1, c))
+    y = op.nn.conv1d(row, ctx.param(f"{name}.weight", ctx.weight(f"{name}.weight")),
+                     padding=a.pad)
+    return op.reshape(y, out)
+
+
+def _mul(ctx: _Ctx, name, a, args, folds):
+    """Element-wise product; a [N, C, 1, 1] gate broadcasts over [N, C, H, W].
+
+    On the default (GPU) pipeline a gate's multiply is an opaque kernel: FuseOps would
+    otherwise fuse squeeze-and-excitation's last 1x1 convolution, through its bias and
+    sigmoid, with the broadcasting multiply (and the residual add after it) into one
+    function, and dlight's matmul rule fails on that epilogue ("consumers of the
+    cache-write stage that are not properly inlined"). With resdsl's CPU kernels the
+    convolutions are opaque already and the multiply stays fusible."""
+    shapes = [tuple(int(d) for d in x.ty.shape) for x in args]
+    if ctx.lanes or shapes[0] == shapes[1]:
+        return ctx.relax.op.multiply(args[0], args[1])
+    from tvm import te
+    big, small = (0, 1) if len(shapes[0]) == 4 and shapes[0][2:] != (1, 1) else (1, 0)
+    key = ("gate", shapes[big])
+    if key not in ctx.funcs:
+        x = te.placeholder(shapes[big], "float32", name="x")
+        gate = te.placeholder(shapes[small], "float32", name="gate")
+        out = te.compute(shapes[big], lambda n, c, h, w: x[n, c, h, w] * gate[n, c, 0, 0],
+                         name="gated")
+        fname = f"gate{len(ctx.funcs)}"
+        func = te.create_prim_func([x, gate, out]).with_attr("global_symbol", fname)
+        ctx.funcs[key] = ctx.bb.add_func(func.with_attr("op_pattern", 8), fname)
+    return ctx.relax.call_tir(ctx.funcs[key], [args[big], args[small]],
+                              ctx.relax.TensorType(shapes[big], "float32"))
+
+
+def _slice(ctx: _Ctx, name, a, args, folds):
+    return ctx.relax.op.strided_slice(args[0], axes=[1], begin=[a.start], end=[a.stop])
+
+
+def _branch_softmax(ctx: _Ctx, name, a, args, folds):
+    """timm's rSoftMax: channels viewed as [card, n, K], softmax over the n branches,
+    laid out as [n, card, K]."""
+    op = ctx.relax.op
+    shape = _shape(ctx, name)
+    k = shape[1] // (a.n * a.card)
+    y = op.reshape(args[0], (ctx.batch, a.card, a.n, k))
+    y = op.nn.softmax(op.permute_dims(y, [0, 2, 1, 3]), axis=1)
+    return op.reshape(y, shape)
 
 
 # op -> lowering; a missing entry is "not supported by the tvm backend"
@@ -158,6 +235,19 @@ LOWER: dict[str, Callable] = {
     "add": lambda ctx, n, a, x, f: _sum(ctx, x),
     "concat": lambda ctx, n, a, x, f: ctx.relax.op.concat(x, axis=1) if len(x) > 1 else x[0],
     "zeropad": _zeropad,
+    "sigmoid": lambda ctx, n, a, x, f: ctx.relax.op.sigmoid(x[0]),
+    "silu": lambda ctx, n, a, x, f: ctx.relax.op.nn.silu(x[0]),
+    "gelu": lambda ctx, n, a, x, f: ctx.relax.op.nn.gelu(x[0]),     # the erf form
+    "hardsigmoid": _hardsigmoid,
+    "tanh": lambda ctx, n, a, x, f: ctx.relax.op.tanh(x[0]),
+    "leaky_relu": lambda ctx, n, a, x, f: ctx.relax.op.nn.leakyrelu(x[0], alpha=a.slope),
+    "identity": lambda ctx, n, a, x, f: x[0],
+    "mul": _mul,
+    "gn": _gn,
+    "channel_conv": _channel_conv,
+    "slice": _slice,
+    "drop_path": lambda ctx, n, a, x, f: x[0],                         # inference
+    "branch_softmax": _branch_softmax,
 }
 
 # op -> why the tvm backend cannot express it (shown to the user)
@@ -390,6 +480,7 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
         inside.update({m: fc for m in (fc.concat, fc.bn, fc.relu) if m and m != fc.tail})
     cache: dict = {}
     bb = relax.BlockBuilder()
+    ctx.lanes, ctx.bb = lanes, bb
     # parameters are created while lowering; build the body first, then the signature
     values: dict[str, Any] = {}
     with bb.function("main"):
