@@ -152,13 +152,13 @@ def lowering(op: str, backend: str) -> Callable | None:
     if reg is None:
         return None
     if backend == "torch":
-        from resdsl.backends.torch import TorchOp, _submodule, literal
+        from resdsl.backends.torch import TorchOp, literal
         def ctor(a, ins) -> str:
             attrs = ", ".join(f"{literal(k)}: {literal(v)}"
                               for k, v in dataclasses.asdict(a).items())
             return (f"_registered_module({literal(op)}, {{{attrs}}}, "
                     f"{literal(tuple(tuple(s) for s in ins))})")
-        return TorchOp(_submodule, module=ctor)
+        return TorchOp(lambda c: f"{c.module}({', '.join(c.args)})", module=ctor)
     if backend == "tvm" and reg.tvm is not None:
         def lower(ctx, node, a, args, folds):
             weights = {k: ctx.param(f"{node}.{k}", ctx.weight(f"{node}.{k}"))

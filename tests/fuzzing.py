@@ -239,8 +239,10 @@ BYTE_JUNK = [b"\xff", b"\xe9", b"\x00", b"\xef\xbb\xbf", b"\xc3", b"\xed\xa0\x80
 KEYWORDS = {"use", "block", "model", "input", "return", "if", "then", "else", "or", "and",
             "not", "true", "false"}
 OPS = ["conv", "bn", "relu", "maxpool", "avgpool", "global_avgpool", "flatten", "linear",
-       "dropout", "add", "concat", "zeropad"]
-FUNCS = ["floor", "ceil", "round", "int", "min", "max", "abs", "len"]
+       "dropout", "add", "concat", "zeropad", "sigmoid", "silu", "gelu", "hardsigmoid", "tanh",
+       "leaky_relu", "identity", "mul", "gn", "channel_conv", "slice", "drop_path",
+       "branch_softmax"]
+FUNCS = ["floor", "ceil", "round", "int", "min", "max", "abs", "len", "log2"]
 COMBS = ["stage", "dense", "paths", "shortcut"]
 
 
@@ -504,7 +506,20 @@ class _Gen:
         if k <= 4:
             return "bn" if r.random() < 0.8 else f"bn(eps={r.choice(['1e-5', '0.001', '0'])})"
         if k <= 6:
-            return "relu"
+            if r.random() < 0.6:
+                return "relu"
+            return r.choice([
+                "sigmoid", "silu", "gelu", "hardsigmoid", "tanh", "identity",
+                f"leaky_relu({r.choice(['0.1', '0', '-1', '1e9'])})",
+                f"gn({r.choice(['1', '2', '4', '3', '0'])})",
+                f"drop_path({r.choice(['0', '0.1', '0.5', '1', '-0.1'])})",
+                f"slice({self.num(names, 0, 4)}, {self.num(names, 1, 16)})",
+                f"(global_avgpool -> channel_conv(k={self.num(names, 1, 7)}))",
+                f"(global_avgpool -> branch_softmax({self.num(names, 1, 4)}, "
+                f"card={self.num(names, 1, 2)}))",
+                f"avgpool(k=3, s=2, p=1, count_include_pad={r.choice(['true', 'false'])})",
+                f"channel_conv(k={self.num(names, 1, 5)}, p={self.num(names, 0, 3)})",
+            ])
         if k == 7:
             return r.choice(["maxpool(k=3, s=2, p=1)", "maxpool(k=2)", "avgpool(k=2, s=2)",
                              f"avgpool(k={self.num(names, 1, 3)}, s={self.num(names, 1, 3)})",
@@ -519,6 +534,9 @@ class _Gen:
             return self.combinator(names, channel_names)
         if k == 12:
             label = self.fresh(r.choice(["g", "group", "features", "downsample"]))
+            if r.random() < 0.2:   # numeric and quoted dotted labels
+                label = r.choice([f'"{label}.{r.randint(0, 3)}"', f'"{label}.x.0"',
+                                  str(r.randint(0, 99)), '"a..b"', f'"{label}"'])
             return f"{label}: ({self.pipe(names, channel_names, r.randint(1, 3))})"
         if k == 13 and r.random() < 0.3:
             return (f"(if {self.bool_(names)} then {self.op(names, channel_names)} "
@@ -603,9 +621,12 @@ class _Gen:
             tensors.append(t)
         res = self.pipe(names, [], r.randint(1, 4))
         if tensors:
-            k = r.randrange(4)
+            k = r.randrange(5)
             t = r.choice(tensors)
-            if k == 0:
+            if k == 4:   # a gate: a map times a pooled vector (or a shape mismatch)
+                res = f"{t} * ({t} -> global_avgpool -> sigmoid)" if r.random() < 0.7 \
+                    else f"{t} * in"
+            elif k == 0:
                 res = f"relu({t} + in)" if r.random() < 0.5 else f"{t} + shortcut({res})"
             elif k == 1:
                 res = f"concat({', '.join(tensors)}, in)"
