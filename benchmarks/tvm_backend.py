@@ -2,7 +2,9 @@
 
     python benchmarks/tvm_backend.py [--trials 32] [--repeats 10] [--models resnet50 ...]
 
-For each model and batch (1 and 8, 224x224, the same weights everywhere):
+--models takes any of the zoo's model names (`resdsl models` lists them; resolved as
+`resdsl.zoo.find` does). For each model and batch (1 and 8, at the spec's input size,
+224x224 for the ImageNet models; the same weights everywhere):
 PyTorch eager, ONNX Runtime (CPU provider, the model from resdsl's onnx backend),
 TVM untuned (resdsl's hand-scheduled kernels) and TVM tuned (MetaSchedule records from
 `resdsl tune` in tuning/<model>-b<batch>-llvm; tuned here with --trials if that database
@@ -29,6 +31,7 @@ import resdsl  # noqa: E402
 from resdsl.backends.tvm.artifact import build, load_artifact, write_artifact  # noqa: E402
 from resdsl.backends.tvm.target import host_cpu  # noqa: E402
 from resdsl.backends.tvm.tune import tune  # noqa: E402
+from resdsl.zoo import find, list_models  # noqa: E402
 
 
 def median_ms(fn, repeats: int, warmup: int = 2) -> float:
@@ -61,28 +64,36 @@ def records(db: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+",
-                        default=["resnet50", "resnext50_32x4d", "densenet121"])
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        default=["resnet50", "resnext50_32x4d", "densenet121"],
+                        help="zoo model names (any of `resdsl models`; default: %(default)s)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--trials", type=int, default=32,
                         help="trials to tune with when a model has no database yet")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
+    specs = {name: find(name) for name in args.models}   # all resolved before any work
+    unknown = [name for name, path in specs.items() if path is None]
+    if unknown:
+        parser.error(f"no zoo model named {', '.join(unknown)} (models: "
+                     f"{', '.join(list_models())})")
+    width = max(17, *(len(name) + 1 for name in args.models))
     import warnings
     warnings.filterwarnings("ignore")
     cpu = host_cpu()
     print(f"machine: {platform.processor() or platform.machine()}, {cpu.cores} cores, "
           f"llvm target {cpu.mcpu} ({cpu.vector_lanes} float lanes), torch "
           f"{torch.__version__} with {torch.get_num_threads()} threads")
-    print(f"{'model':<17}{'batch':>5} {'eager ms':>9} {'ORT ms':>14} {'TVM untuned ms':>16} "
+    print(f"{'model':<{width}}{'batch':>5} {'eager ms':>9} {'ORT ms':>14} {'TVM untuned ms':>16} "
           f"{'TVM tuned ms':>15} {'trials':>7}")
     rows = []
     for name in args.models:
-        arch = resdsl.load(ROOT / f"specs/{name}.arch")
+        arch = resdsl.load(specs[name])
         model = arch.to_torch(seed=0).eval()
         weights = model.state_dict()
         for batch in args.batches:
-            x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+            x = np.random.default_rng(0).standard_normal((batch, *arch.input_shape),
+                                                         dtype=np.float32)
             xt = torch.from_numpy(x)
             with torch.no_grad():
                 eager = median_ms(lambda m=model, a=xt: m(a), args.repeats)
@@ -110,7 +121,7 @@ def main() -> None:
 
             def cell(v, base=eager):
                 return f"{v:7.1f} ({v / base:4.2f}x)" if v is not None else "-"
-            print(f"{name:<17}{batch:>5} {eager:>9.1f} {cell(ort_ms):>14} {cell(untuned):>16} "
+            print(f"{name:<{width}}{batch:>5} {eager:>9.1f} {cell(ort_ms):>14} {cell(untuned):>16} "
                   f"{cell(tuned):>15} {trials if trials is not None else '-':>7}", flush=True)
     out = ROOT / "build" / "bench" / "tvm_backend.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -145,6 +145,102 @@ def _add(ctx: _Ctx, name: str, a, x: list[str], out: str) -> None:
     ctx.node("Add" if len(x) == 2 else "Sum", name, x, out)
 
 
+# Ops that take several ONNX nodes name their inner nodes and outputs `<layer>.<what>` (as
+# zeropad's `<layer>.subsample`) and their constants `<layer>.<what>`; the last node is
+# the layer's, named and output as the layer.
+
+def _scalar(ctx: _Ctx, name: str, what: str, value: float) -> str:
+    return ctx.const(name, what, np.array(value, np.float32))
+
+
+def _shape(ctx: _Ctx, name: str, what: str, dims: list[int]) -> str:
+    """A Reshape target: 0 keeps the (dynamic) batch dimension."""
+    return ctx.const(name, what, np.array(dims, np.int64))
+
+
+def _silu(ctx: _Ctx, name: str, a, x: list[str], out: str) -> None:
+    ctx.node("Sigmoid", f"{name}.sigmoid", x[:1], f"{name}.sigmoid")
+    ctx.node("Mul", name, [x[0], f"{name}.sigmoid"], out)
+
+
+def _gelu(ctx: _Ctx, name: str, a, x: list[str], out: str) -> None:
+    """The exact (erf) form, x * (1 + erf(x / sqrt 2)) / 2 -- opset 17 has no Gelu (20
+    has); written as torch's exporter writes it, the pattern ONNX Runtime fuses into its
+    Gelu kernel."""
+    ctx.node("Div", f"{name}.scaled", [x[0], _scalar(ctx, name, "sqrt2", np.sqrt(2.0))],
+             f"{name}.scaled")
+    ctx.node("Erf", f"{name}.erf", [f"{name}.scaled"], f"{name}.erf")
+    ctx.node("Add", f"{name}.one_plus", [f"{name}.erf", _scalar(ctx, name, "one", 1.0)],
+             f"{name}.one_plus")
+    ctx.node("Mul", f"{name}.product", [x[0], f"{name}.one_plus"], f"{name}.product")
+    ctx.node("Mul", name, [f"{name}.product", _scalar(ctx, name, "half", 0.5)], out)
+
+
+def _avgpool(ctx: _Ctx, name: str, a, x: list[str], out: str) -> None:
+    _pool("AveragePool", count_include_pad=int(a.count_include_pad))(ctx, name, a, x, out)
+
+
+def _gn(ctx: _Ctx, name: str, a, x: list[str], out: str) -> None:
+    """Group norm from primitives. Opset 17 has no GroupNormalization: opset 18's scales
+    per group (a spec error, deprecated) and opset 21's needs ONNX Runtime >= 1.20 and IR
+    version 10, so raising the opset would raise it for every model. Reshape to
+    [N, G, C/G * H * W], two-pass mean and biased variance (torch's), normalise, reshape
+    back, and the per-channel affine with the state_dict's (C,) weight and bias unsqueezed
+    to (C, 1, 1) (ONNX Runtime folds those constant branches)."""
+    c, h, w = ctx.g.nodes[name]["shape"]
+
+    def step(op_type: str, what: str, inputs: list[str], **attrs: Any) -> str:
+        ctx.node(op_type, f"{name}.{what}", inputs, f"{name}.{what}", **attrs)
+        return f"{name}.{what}"
+    grouped = step("Reshape", "grouped", [x[0], _shape(ctx, name, "group_shape",
+                                                       [0, a.groups, -1])])
+    mean = step("ReduceMean", "mean", [grouped], axes=[2], keepdims=1)
+    centered = step("Sub", "centered", [grouped, mean])
+    square = step("Mul", "square", [centered, centered])
+    var = step("ReduceMean", "var", [square], axes=[2], keepdims=1)
+    std = step("Sqrt", "std", [step("Add", "var_eps", [var, _scalar(ctx, name, "eps",
+                                                                      a.eps)])])
+    normed = step("Div", "normed", [centered, std])
+    ungrouped = step("Reshape", "ungrouped", [normed, _shape(ctx, name, "map_shape",
+                                                             [0, c, h, w])])
+    axes = ctx.const(name, "affine_axes", np.array([1, 2], np.int64))
+    weight = step("Unsqueeze", "weight_map", [ctx.init(f"{name}.weight"), axes])
+    bias = step("Unsqueeze", "bias_map", [ctx.init(f"{name}.bias"), axes])
+    scaled = step("Mul", "scaled", [ungrouped, weight])
+    ctx.node("Add", name, [scaled, bias], out)
+
+
+def _channel_conv(ctx: _Ctx, name: str, a, x: list[str], out: str) -> None:
+    """ECA: the pooled [N, C, 1, 1] (or [N, C]) vector as a one-channel row [N, 1, C], a
+    1-D Conv with the state_dict's (1, 1, k) weight, and back."""
+    shape = ctx.g.nodes[name]["shape"]
+    ctx.node("Reshape", f"{name}.row", [x[0], _shape(ctx, name, "row_shape", [0, 1, -1])],
+             f"{name}.row")
+    ctx.node("Conv", f"{name}.conv", [f"{name}.row", ctx.init(f"{name}.weight")],
+             f"{name}.conv", kernel_shape=[a.k], pads=[a.pad, a.pad])
+    ctx.node("Reshape", name, [f"{name}.conv", _shape(ctx, name, "out_shape",
+                                                      [0, *shape])], out)
+
+
+def _slice(ctx: _Ctx, name: str, a, x: list[str], out: str) -> None:
+    ctx.node("Slice", name, [x[0], ctx.const(name, "starts", np.array([a.start], np.int64)),
+                             ctx.const(name, "ends", np.array([a.stop], np.int64)),
+                             ctx.const(name, "axes", np.array([1], np.int64))], out)
+
+
+def _branch_softmax(ctx: _Ctx, name: str, a, x: list[str], out: str) -> None:
+    """timm's rSoftMax: [N, card, n, K] -> [N, n, card, K], softmax over n, back."""
+    shape = ctx.g.nodes[name]["shape"]
+    ctx.node("Reshape", f"{name}.split", [x[0], _shape(ctx, name, "split_shape",
+                                                       [0, a.card, a.n, -1])],
+             f"{name}.split")
+    ctx.node("Transpose", f"{name}.branches", [f"{name}.split"], f"{name}.branches",
+             perm=[0, 2, 1, 3])
+    ctx.node("Softmax", f"{name}.softmax", [f"{name}.branches"], f"{name}.softmax", axis=1)
+    ctx.node("Reshape", name, [f"{name}.softmax", _shape(ctx, name, "out_shape",
+                                                         [0, *shape])], out)
+
+
 # op -> emitter(ctx, layer name, attrs, input tensor names, output tensor name); one entry
 # per op of resdsl.ir.ops.OPS (tests/test_onnx.py checks), "input" is the graph input
 ONNX_OPS: dict[str, Callable | None] = {
@@ -153,7 +249,7 @@ ONNX_OPS: dict[str, Callable | None] = {
     "bn": _bn,
     "relu": _unary("Relu"),
     "maxpool": _pool("MaxPool"),
-    "avgpool": _pool("AveragePool", count_include_pad=1),
+    "avgpool": _avgpool,
     "global_avgpool": _unary("GlobalAveragePool"),
     "flatten": _unary("Flatten", axis=1),
     "linear": _linear,
@@ -161,6 +257,21 @@ ONNX_OPS: dict[str, Callable | None] = {
     "add": _add,
     "concat": lambda ctx, name, a, x, out: ctx.node("Concat", name, x, out, axis=1),
     "zeropad": _zeropad,
+    "sigmoid": _unary("Sigmoid"),
+    "silu": _silu,
+    "gelu": _gelu,
+    # torch's relu6(x + 3) / 6 is x / 6 + 1/2 clipped to [0, 1]; ONNX's default alpha is 0.2
+    "hardsigmoid": _unary("HardSigmoid", alpha=1.0 / 6.0, beta=0.5),
+    "tanh": _unary("Tanh"),
+    "leaky_relu": lambda ctx, name, a, x, out: ctx.node("LeakyRelu", name, x[:1], out,
+                                                        alpha=float(a.slope)),
+    "identity": _unary("Identity"),
+    "mul": lambda ctx, name, a, x, out: ctx.node("Mul", name, x, out),  # broadcasts a gate
+    "gn": _gn,
+    "channel_conv": _channel_conv,
+    "slice": _slice,
+    "drop_path": _unary("Identity"),      # inference
+    "branch_softmax": _branch_softmax,
 }
 
 
@@ -225,6 +336,16 @@ def to_onnx(arch, weights: dict | None = None, *, seed: int = 0, fold_bn: bool =
     if clash:
         raise ResdslError(f"layer name `{sorted(clash)[0]}` is also a weight's name; ONNX "
                           "needs distinct tensor names", hint="rename that layer")
+    # an op of several nodes names its inner tensors `<layer>.<what>`: one may meet a layer
+    # or a weight of that name
+    seen = set(ctx.inits)
+    for n in ctx.nodes:
+        for o in n.output:
+            if o in seen:
+                raise ResdslError(f"the ONNX tensor name `{o}` is both a layer's (or a "
+                                  "weight's) and an inner tensor of a layer; ONNX needs "
+                                  "distinct tensor names", hint="rename that layer")
+            seen.add(o)
     graph = helper.make_graph(
         ctx.nodes, arch.name, inputs, outputs,
         initializer=[numpy_helper.from_array(v, k) for k, v in ctx.inits.items()])
