@@ -41,7 +41,10 @@ SLOW = {"resnet1202", "preact_resnet1001", "densenet169", "densenet201", "resnet
         "resnet34", "resnet50", "resnext50", "resnext50_32x4d", "densenet121",
         "resnext50_32x4d_c",
         # deep CIFAR nets: the quick loop keeps resnet20/32 and resnet18
-        "preact_resnet164", "densenet_bc_100_12", "resnet110", "resnet56", "resnet44"}
+        "preact_resnet164", "densenet_bc_100_12", "resnet110", "resnet56", "resnet44",
+        # timm's family (issue 10): the quick loop keeps resnet18d
+        "resnet26d", "resnet50d", "seresnet50", "seresnext50_32x4d", "ecaresnet50d",
+        "resnetrs50", "resnet50_gn", "res2net50_26w_4s", "skresnet18", "resnest50d"}
 TOL = 1e-5
 
 
@@ -91,8 +94,12 @@ def assert_matches_torch(arch, module, proto) -> None:
             exact = module.double()(torch.from_numpy(x).double()).numpy()
         module.float()
         noise = float(np.abs(want - exact).max())
-        assert err <= 3 * noise, (f"batch {batch}: ONNX Runtime differs by {err:.3g} from "
-                                  f"torch, whose own float32 error is {noise:.3g}")
+        # or 1e-5 relative to the output's size: ORT's fused kernels round differently
+        # (skresnet18: ORT 1.4e-5 from float64 with graph optimisations, 4e-6 without)
+        scale = float(np.abs(exact).max())
+        assert err <= max(3 * noise, 1e-5 * scale), (
+            f"batch {batch}: ONNX Runtime differs by {err:.3g} from torch, whose own "
+            f"float32 error is {noise:.3g} (outputs up to {scale:.3g})")
 
 
 def expected_keys(module) -> set[str]:
@@ -106,20 +113,19 @@ def test_reference_spec(path):
     proto = arch.to_onnx(module.state_dict())
     onnx.checker.check_model(proto, full_check=True)
     assert proto.opset_import[0].version == OPSET
-    # names: one node per layer named as the layer (plus a zeropad's strided Slice)
+    # names: one node per layer named as the layer, plus the extra nodes of layers that
+    # take several ONNX nodes (a zeropad's strided Slice, a group norm's reshapes ...),
+    # each named `<layer>.<what>`
     layers = {n for n in arch.graph if arch.graph.nodes[n]["op"] != "input"}
     names = [n.name for n in proto.graph.node]
     assert len(names) == len(set(names))
     assert layers <= set(names)
-    assert all(n.endswith(".subsample") and n[:-len(".subsample")] in layers
-               for n in set(names) - layers)
-    # initializers: the state_dict's keys (and a zeropad's constants)
+    assert all(n.rsplit(".", 1)[0] in layers for n in set(names) - layers)
+    # initializers: the state_dict's keys (and such layers' constants, named the same way)
     inits = {i.name for i in proto.graph.initializer}
     keys = expected_keys(module)
     assert keys <= inits
-    assert all(k.rsplit(".", 1)[0] in layers
-               and arch.graph.nodes[k.rsplit(".", 1)[0]]["op"] == "zeropad"
-               for k in inits - keys)
+    assert all(k.rsplit(".", 1)[0] in layers and k not in layers for k in inits - keys)
     # a dynamic batch dimension on the input and the output
     for value in (*proto.graph.input, *proto.graph.output):
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
