@@ -94,12 +94,14 @@ def assert_matches_torch(arch, module, proto) -> None:
             exact = module.double()(torch.from_numpy(x).double()).numpy()
         module.float()
         noise = float(np.abs(want - exact).max())
-        # or 1e-5 relative to the output's size: ORT's fused kernels round differently
-        # (skresnet18: ORT 1.4e-5 from float64 with graph optimisations, 4e-6 without)
-        scale = float(np.abs(exact).max())
-        assert err <= max(3 * noise, 1e-5 * scale), (
-            f"batch {batch}: ONNX Runtime differs by {err:.3g} from torch, whose own "
-            f"float32 error is {noise:.3g} (outputs up to {scale:.3g})")
+        # ORT's optimised kernels round differently from torch's (skresnet18: ORT is
+        # 1.4e-5 from float64 with its graph optimisations, 4e-6 without; torch 2.5e-6);
+        # both are float32 computations of the float64 result: ORT must be within ten
+        # times torch's own float32 error of it (a wrong graph is orders of magnitude off)
+        ort_err = float(np.abs(got - exact).max())
+        assert err <= 3 * noise or ort_err <= 10 * noise, (
+            f"batch {batch}: ONNX Runtime differs by {err:.3g} from torch and by "
+            f"{ort_err:.3g} from float64, where torch's own float32 error is {noise:.3g}")
 
 
 def expected_keys(module) -> set[str]:
