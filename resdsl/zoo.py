@@ -76,6 +76,7 @@ def describe(name: str, lib=None) -> Entry:
         header.append(line.lstrip("# ").strip())
     text = " ".join(header)
     m = re.search(r"torchvision\.models\.\w+", text) or \
+        re.search(r"timm\.create_model\(\"\w+\"\)", text) or \
         re.search(r"[A-Z][a-z]+ et al\. \d{4}(?:, [A-Za-z]+ \d+)?", text)
     oracle = m.group(0) if m else ""
     if not oracle:
