@@ -546,8 +546,9 @@ def to_source(arch, class_name_: str | None = None) -> str:
     registered = sorted({d["op"] for _, d in g.nodes(data=True)} & set(extend.REGISTERED))
     if registered:
         doc = doc.replace("This file imports only torch.",
-                          f"It uses ops registered with resdsl.register_op ({', '.join(registered)}): "
-                          "import resdsl and register them before loading it.")
+                          "It uses ops registered with resdsl.register_op "
+                          f"({', '.join(registered)}): import resdsl and register them "
+                          "before loading it.")
     lines = [
         _docstring(doc),
         _PRELUDE.rstrip() + (_REGISTERED_PRELUDE if registered else ""),
