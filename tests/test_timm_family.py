@@ -89,6 +89,14 @@ def test_parameter_count_equals_timm(name):
     assert sum(p.numel() for p in arch.to_torch(seed=0).parameters()) == PARAMS[name]
 
 
+@pytest.mark.parametrize("name", ["resnet18d", "resnet50_gn"])
+def test_num_classes_and_in_chans_as_timm(name):
+    ref = timm_model(name, num_classes=10, in_chans=1)
+    model = resdsl.create_model(name, num_classes=10, in_chans=1, size=SIZE, weights=ref.state_dict())
+    assert list(model.state_dict()) == list(ref.state_dict())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_timm_state_dict_loads_strictly_with_timm_key_order(name):
     ref = timm_model(name)
@@ -187,3 +195,28 @@ def test_zoo_lists_the_family(capsys):
 def test_specs_are_formatted(capsys):
     paths = ["specs/lib/timm_resnet.arch", "specs/lib/attention.arch"] + [spec(n) for n in NAMES]
     assert main(["fmt", "--check", *paths]) == 0
+
+
+@pytest.mark.parametrize("name", ["resnet18d", "seresnet50"])
+def test_drop_path_in_training_draws_as_timm_does(name):
+    """In train mode at a nonzero rate, the spec's drop_path draws its per-sample masks from
+    the same generator in the same order as timm's DropPath: seeded alike, the outputs and
+    gradients agree, and another seed gives other outputs (other samples were dropped)."""
+    ref = randomized(timm_model(name, drop_path_rate=0.5)).train()
+    model = resdsl.load(spec(name), params={"size": SIZE, "drop_path_rate": 0.5}).to_torch(seed=0)
+    model.load_state_dict(ref.state_dict(), strict=True)
+    model.train()
+    x = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(5)
+    out = model(x)
+    torch.manual_seed(5)
+    expected = ref(x)
+    assert (out - expected).abs().max().item() <= 1e-5 * max(expected.abs().max().item(), 1.0)
+    out.sum().backward()
+    expected.sum().backward()
+    ref_params = dict(ref.named_parameters())
+    for n, p in model.named_parameters():
+        scale = ref_params[n].grad.abs().max().item()
+        assert (p.grad - ref_params[n].grad).abs().max().item() <= 1e-4 * max(scale, 1e-6), n
+    torch.manual_seed(6)
+    assert (model(x) - out).abs().max().item() > 1e-3   # another draw drops other samples
