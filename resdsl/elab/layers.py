@@ -226,8 +226,14 @@ class Layers:
                 v = frame.vars[e.name]
                 if isinstance(v, BlockRef):
                     return Block(e, v, e.name, via_var=True)
+                what = "op" if e.name in OPS else "built-in"
+                hint = (f"the parameter or name `{e.name}` hides the {what} `{e.name}` here: "
+                        f"rename it (e.g. `{e.name}_rate`)"
+                        if e.name in OPS or e.name in COMBINATORS or e.name in FUNCTIONS
+                        else None)
                 return Refused(e, _raise(f"`{e.name}` is {kind(v)}; it cannot be called",
-                                         e.name_span), e.name not in FUNCTIONS, var=e.name)
+                                         e.name_span, hint=hint),
+                               e.name not in FUNCTIONS, var=e.name)
             if e.name in OPS:
                 return Op(e, e)
             if e.name in COMBINATORS:
