@@ -171,3 +171,14 @@ def test_fmt_keeps_the_new_label_forms():
     out = format_text(text)
     assert '0: conv(8, k=1) -> "convs.0": bn -> x: identity' in out
     assert format_text(out) == out
+
+
+def test_a_labelled_conditional_names_the_chosen_layer():
+    for g, op in ((True, "gn"), (False, "bn")):
+        arch = resdsl.loads("model m(g = true) {\n    input [8, 4, 4]\n    conv1: conv(8, k=1) "
+                            "-> bn1: (if g then gn(4) else bn)\n    -> ds: (if g then "
+                            "(avgpool(k=2) -> conv(8, k=1)) else identity)\n}\n",
+                            params={"g": g})
+        assert arch.graph.nodes["bn1"]["op"] == op
+        assert [n for n in arch.graph if n.startswith("ds")] == (["ds.0", "ds.1"] if g
+                                                                  else ["ds"])

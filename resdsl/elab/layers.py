@@ -58,8 +58,9 @@ class Group(Layer):
 
     def apply(self, el, x, frame, label, label_span, overrides):
         e = self.expr
-        if label is None:
-            return el.apply(e.inner, x, frame, None, None, overrides)
+        if label is None or isinstance(e.inner, A.Cond):
+            # `norm: (if c then gn(32) else bn)`: the label names the chosen layer
+            return el.apply(e.inner, x, frame, label, label_span, overrides)
         inner = e.inner.stages if isinstance(e.inner, A.Pipe) else (e.inner,)
         sub = Frame(frame.module, frame.vars, Namer(frame.namer.full(label), True),
                     frame.body, frame.block, frame.used, frame.stmt_index, frame.scope)

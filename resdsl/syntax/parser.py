@@ -322,6 +322,9 @@ def _syntax_error(err: UnexpectedInput, src: Source) -> ResdslError:
         elif tok.type == "COLON":
             hint = ("a label names the layer that follows it: `conv1: conv(64, k=3)`; "
                     "keyword arguments use `=`: `conv(64, k=3)`")
+        elif tok.type == "THEN":
+            hint = ("after a label or `->`, a conditional goes in parentheses: "
+                    "`norm: (if c then gn(32) else bn)`")
         elif tok.type == "RBRACE" and "RPAR" in err.expected:
             hint = "a `(` is not closed before this `}`"
         word = str(tok)
