@@ -63,8 +63,10 @@ HOSTILE_NAMES = [
 ]
 
 # The statements the generated module has at its top level, and what the model class holds.
+# docstring, imports, _Scope, the prelude's helpers (_zeropad, _drop_path, _branch_softmax,
+# _concat_norm_relu_conv, _init), the model class
 TOP = [ast.Expr, ast.Import, ast.Import, ast.Import, ast.Import, ast.ClassDef, ast.FunctionDef,
-       ast.FunctionDef, ast.FunctionDef, ast.ClassDef]
+       ast.FunctionDef, ast.FunctionDef, ast.FunctionDef, ast.FunctionDef, ast.ClassDef]
 
 
 def _calls_outside_functions(tree: ast.Module) -> list[str]:
