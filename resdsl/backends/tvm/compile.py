@@ -2,8 +2,9 @@
 
 - llvm: convolutions become resdsl's hand-scheduled kernels (`kernels.py`); with a
   tuning database, kernels that were tuned use the best record found instead.
-- cuda: the default GPU pipeline (legalization, fusion, dlight schedules with thread
-  bindings); with a tuning database, its records replace the default schedules.
+- cuda: convolutions rewritten as im2col + matrix products (`cuda.py`), then the default
+  GPU pipeline (legalization, fusion, dlight schedules: its Matmul rule for the
+  convolutions); with a tuning database, its records replace the default schedules.
 
 The import graph of this package runs one way: kernels, target, lower <- compile (this
 module: lowering for a target, the passes that make tuning tasks, applying a database)
@@ -30,7 +31,11 @@ def default_weights(arch, seed: int = 0) -> dict:
 
 def lower_for(arch, weights: dict, target, batch: int, tunable: bool = False):
     lanes = host_cpu().vector_lanes if target.kind.name == "llvm" else None
-    return lower(arch, weights, batch=batch, lanes=lanes, tunable=tunable)
+    lowered = lower(arch, weights, batch=batch, lanes=lanes, tunable=tunable)
+    if target.kind.name == "cuda":      # convolutions as im2col + matmul (cuda.py)
+        from resdsl.backends.tvm.cuda import convs_to_gemm
+        lowered.mod, _ = convs_to_gemm(lowered.mod)
+    return lowered
 
 
 def compile_module(arch, weights: dict, target, batch: int = 1, db: str | None = None,
