@@ -138,3 +138,19 @@ def test_cuda_build_has_matmul_kernels_not_the_conv_fallback():
         body = kernel_body(source, name)        # 2-D thread blocks, a 4x4 register tile
         assert "__shared__" in body and "threadIdx.y" in body and "blockIdx.x" in body, name
         assert "_local_ptr[" in body, name
+
+
+@pytest.mark.slow
+def test_cuda_check_builds_without_running(capsys):
+    import importlib.util
+
+    from tests.conftest import ROOT
+    path = ROOT / "benchmarks" / "cuda_check.py"
+    module_spec = importlib.util.spec_from_file_location("cuda_check", path)
+    cuda_check = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(cuda_check)
+    assert cuda_check.main(["--quick", "--build-only", "--arch", "sm_90"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"built resnet50 batch 1 for cuda sm_90 in \d+\.\d s", out)
+    assert "GPU part skipped: asked for with --build-only." in out
+    assert re.search(r"\| resnet50 \| 1 \| \d+\.\d \|", out)
