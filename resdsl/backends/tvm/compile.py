@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from resdsl.backends.tvm.cuda import convs_to_gemm
 from resdsl.backends.tvm.kernels import ConvPlan, parallelize, schedule_conv
 from resdsl.backends.tvm.lower import lower
 from resdsl.backends.tvm.target import host_cpu
@@ -33,7 +34,6 @@ def lower_for(arch, weights: dict, target, batch: int, tunable: bool = False):
     lanes = host_cpu().vector_lanes if target.kind.name == "llvm" else None
     lowered = lower(arch, weights, batch=batch, lanes=lanes, tunable=tunable)
     if target.kind.name == "cuda":      # convolutions as im2col + matmul (cuda.py)
-        from resdsl.backends.tvm.cuda import convs_to_gemm
         lowered.mod, _ = convs_to_gemm(lowered.mod)
     return lowered
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from resdsl.backends.tvm.lower import lower
+
 # relax.nn.conv2d attributes this rewrite handles; others keep the default lowering
 _LAYOUT = ("NCHW", "OIHW", "NCHW")
 
@@ -190,8 +192,6 @@ def lower_cuda(arch, weights: dict, batch: int = 1):
     """Lower for the cuda target: resdsl's plain Relax lowering, then `convs_to_gemm`.
     The result (a `Lowered`) is what the cuda build compiles; it is target-independent,
     so it also runs on llvm (which is how its numerics are checked without a GPU)."""
-    from resdsl.backends.tvm.lower import lower
-
     lowered = lower(arch, weights, batch=batch)
     lowered.mod, _ = convs_to_gemm(lowered.mod)
     return lowered
