@@ -28,6 +28,7 @@ ResdslError naming the module's qualified name.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import re
@@ -48,8 +49,10 @@ _KEYWORDS = {"use", "block", "model", "input", "return", "if", "then", "else", "
              "false", "and", "or", "not", "in"}
 _RESERVED = _KEYWORDS | {"conv", "bn", "relu", "maxpool", "avgpool",
              "global_avgpool", "flatten", "linear", "dropout", "add", "concat", "zeropad",
+             "sigmoid", "silu", "gelu", "hardsigmoid", "tanh", "leaky_relu", "identity",
+             "mul", "gn", "channel_conv", "slice", "drop_path", "branch_softmax",
              "stage", "dense", "paths", "shortcut", "floor", "ceil", "round", "int", "min",
-             "max", "abs", "len"}
+             "max", "abs", "len", "log2"}
 
 
 def _show(name: str) -> str:
@@ -61,9 +64,10 @@ def _show(name: str) -> str:
 
 def _fail(qname: str, what: str, hint: str | None = None) -> ResdslError:
     return ResdslError(f"cannot import {_show(qname)}: {what}", hint=hint or
-                       "the language has the ops conv, bn, relu, maxpool, avgpool, "
-                       "global_avgpool, flatten, linear, dropout, add, concat and zeropad "
-                       "(docs/language.md)")
+                       "the importer knows the ops conv, bn, gn, relu, sigmoid, silu, gelu, "
+                       "hardsigmoid, tanh, leaky_relu, maxpool, avgpool, global_avgpool, "
+                       "flatten, linear, dropout, drop_path, channel_conv, identity, add, "
+                       "mul and concat (docs/language.md, docs/tools.md)")
 
 
 def _label_ok(name: str) -> bool:
@@ -91,6 +95,8 @@ class Hole:
     hint: str
     prefix: str = ""
     default: Any = None
+    tag: str = ""      # what `fmt` writes around the value: part of the template's key
+    fmt: Callable[[str | None, Any], str] | None = None   # the text for (expr, value)
 
 
 @dataclass
@@ -153,15 +159,58 @@ def _pool(op: str):
     def make(m, q: str, label: str) -> tuple[str, list]:
         if op == "maxpool" and (_pair(m.dilation, q, "dilation") != 1 or m.return_indices):
             raise _fail(q, "a dilated max pooling or one returning indices")
-        if op == "avgpool" and (not m.count_include_pad or m.divisor_override):
-            raise _fail(q, "average pooling that leaves the padding out of the count")
+        if op == "avgpool" and m.divisor_override:
+            raise _fail(q, "average pooling with a divisor_override")
         k = _pair(m.kernel_size, q, "kernel size")
-        return op, [Hole("other", k, f"{label}_k", "k="),
-                    Hole("stride", _pair(m.stride or k, q, "stride"), "stride", ", s=", k),
-                    Hole("other", _pair(m.padding, q, "padding"), f"{label}_p", ", p=", 0),
-                    Hole("other", bool(m.ceil_mode), f"{label}_ceil", ", ceil_mode=",
-                         False)]
+        holes = [Hole("other", k, f"{label}_k", "k="),
+                 Hole("stride", _pair(m.stride or k, q, "stride"), "stride", ", s=", k),
+                 Hole("other", _pair(m.padding, q, "padding"), f"{label}_p", ", p=", 0),
+                 Hole("other", bool(m.ceil_mode), f"{label}_ceil", ", ceil_mode=", False)]
+        if op == "avgpool":
+            holes.append(Hole("other", bool(m.count_include_pad), f"{label}_count_pad",
+                              ", count_include_pad=", True))
+        return op, holes
     return make
+
+
+def _gn(m: nn.GroupNorm, q: str, label: str) -> tuple[str, list]:
+    if not m.affine:
+        raise _fail(q, "a GroupNorm without affine parameters is not the language's gn")
+    return "gn", [Hole("other", int(m.num_groups), f"{label}_groups"),
+                  Hole("other", float(m.eps), f"{label}_eps", ", eps=", 1e-5)]
+
+
+def _plain(op: str):
+    return lambda m, q, label: (op, [])
+
+
+def _gelu(m, q: str, label: str) -> tuple[str, list]:
+    if getattr(m, "approximate", "none") != "none":
+        raise _fail(q, f"GELU with approximate={ascii(m.approximate)[:20]} (the language's "
+                       "gelu is the exact, erf form)")
+    return "gelu", []
+
+
+def _leaky(m: nn.LeakyReLU, q: str, label: str) -> tuple[str, list]:
+    return "leaky_relu", [Hole("other", float(m.negative_slope), f"{label}_slope",
+                               "slope=", 0.01)]
+
+
+def _channel_conv(m: nn.Conv1d, q: str, label: str) -> tuple[str, list]:
+    if type(m) is not nn.Conv1d or (m.in_channels, m.out_channels, m.groups) != (1, 1, 1) \
+            or m.bias is not None or m.padding_mode != "zeros" or \
+            isinstance(m.padding, str) or m.stride != (1,) or m.dilation != (1,):
+        raise _fail(q, "a Conv1d other than one bias-free 1-to-1 channel filter of stride 1 "
+                       "(ECA's, the language's channel_conv)")
+    return "channel_conv", [Hole("other", m.kernel_size[0], f"{label}_k", "k="),
+                            Hole("other", m.padding[0], f"{label}_p", ", p=", -1)]
+
+
+def _drop_path(m, q: str, label: str) -> tuple[str, list]:
+    p = float(getattr(m, "drop_prob", 0.0) or 0.0)
+    if not getattr(m, "scale_by_keep", True) and p:
+        raise _fail(q, "drop path that does not rescale the kept samples")
+    return "drop_path", [Hole("other", p, f"{label}_p", "p=", 0.0)]
 
 
 def _global(m, q: str, label: str) -> tuple[str, list]:
@@ -191,8 +240,89 @@ MODULES: dict[type, Callable[[Any, str, str], tuple[str, list]]] = {
     nn.ReLU: lambda m, q, label: ("relu", []),
     nn.MaxPool2d: _pool("maxpool"), nn.AvgPool2d: _pool("avgpool"),
     nn.AdaptiveAvgPool2d: _global, nn.Flatten: _flatten, nn.Linear: _linear,
-    nn.Dropout: _dropout,
+    nn.Dropout: _dropout, nn.GroupNorm: _gn, nn.Conv1d: _channel_conv,
+    nn.Sigmoid: _plain("sigmoid"), nn.SiLU: _plain("silu"), nn.GELU: _gelu,
+    nn.Hardsigmoid: _plain("hardsigmoid"), nn.Tanh: _plain("tanh"), nn.LeakyReLU: _leaky,
 }
+
+# timm's own layers that compute what a torch module (or the language's op) does; matched
+# by their defining module and class name, never by anything a model could rename
+TIMM_MODULES: dict[tuple[str, str], Callable[[Any, str, str], tuple[str, list]]] = {
+    ("timm.layers.norm", "GroupNorm"): _gn,
+    ("timm.layers.activations", "Sigmoid"): _plain("sigmoid"),
+    ("timm.layers.activations", "Tanh"): _plain("tanh"),
+    ("timm.layers.activations", "GELU"): _plain("gelu"),
+    ("timm.layers.activations", "HardSigmoid"): _plain("hardsigmoid"),
+    ("timm.layers.activations", "Swish"): _plain("silu"),
+    ("timm.layers.drop", "DropPath"): _drop_path,
+}
+
+
+def _module_op(m: nn.Module) -> Callable[[Any, str, str], tuple[str, list]] | None:
+    """How the language says module `m` (one layer), or None."""
+    t = type(m)
+    if t in MODULES:
+        return MODULES[t]
+    fn = TIMM_MODULES.get((getattr(t, "__module__", ""), getattr(t, "__qualname__", "")))
+    if fn is _gn and not isinstance(m, nn.GroupNorm):
+        return None
+    return fn
+
+
+_ACTIVATIONS = {
+    "sigmoid": (torch.sigmoid, torch.sigmoid_, F.sigmoid, "sigmoid", "sigmoid_"),
+    "silu": (F.silu,),
+    "hardsigmoid": (F.hardsigmoid,),
+    "tanh": (torch.tanh, torch.tanh_, F.tanh, "tanh", "tanh_"),
+}
+
+
+def _shape(n: Any) -> tuple[int, ...] | None:
+    """The shape ShapeProp recorded for a node (None: not a tensor)."""
+    meta = n.meta.get("tensor_meta") if isinstance(n, fx.Node) else None
+    return tuple(int(d) for d in meta.shape) if hasattr(meta, "shape") else None
+
+
+def _rank(n: Any) -> int:
+    shape = _shape(n)
+    return -1 if shape is None else len(shape)
+
+
+def _keepdim(n: fx.Node) -> bool:
+    return bool(n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False))
+
+
+def _vector(shape: tuple[int, ...] | None) -> bool:
+    """[N, C], [N, 1, C], [N, C, 1, 1], ...: one vector of values per sample."""
+    return shape is not None and len(shape) >= 2 and \
+        sum(1 for d in shape[1:] if d != 1) <= 1
+
+
+def _is_size(n: Any) -> bool:
+    """A node that reads a tensor's shape (`x.shape`, `x.size()`, `x.shape[0]`)."""
+    if not isinstance(n, fx.Node):
+        return False
+    if n.op == "call_function" and n.target is getattr and len(n.args) == 2:
+        return n.args[1] == "shape"
+    if n.op == "call_method" and n.target == "size":
+        return True
+    return n.op == "call_function" and n.target is operator.getitem and \
+        _is_size(n.args[0])
+
+
+def _is_batch(n: Any) -> bool:
+    """`x.shape[0]` or `x.size(0)`: the batch size."""
+    if not isinstance(n, fx.Node):
+        return False
+    if n.op == "call_method" and n.target == "size":
+        return (n.args[1:] + (n.kwargs.get("dim"),))[0] == 0
+    return n.op == "call_function" and n.target is operator.getitem and \
+        n.args[1] == 0 and _is_size(n.args[0]) and not (
+            n.args[0].op == "call_method" and len(n.args[0].args) > 1)
+
+
+_RESHAPES = ("view", "reshape", torch.reshape)
+_EXPANDS = ("expand_as", "expand")
 
 
 def _fn_op(node: fx.Node, q: str) -> tuple[str, list]:
@@ -200,6 +330,29 @@ def _fn_op(node: fx.Node, q: str) -> tuple[str, list]:
     t, args, kw = node.target, node.args, node.kwargs
     if t in (F.relu, torch.relu, torch.relu_, "relu", "relu_"):
         return "relu", []
+    for op, fns in _ACTIVATIONS.items():
+        if t in fns:
+            return op, []
+    if t is F.gelu or t == "gelu":
+        if kw.get("approximate", args[1] if len(args) > 1 else "none") != "none":
+            raise _fail(q, "it calls gelu with the tanh approximation (the language's gelu "
+                           "is the exact, erf form)")
+        return "gelu", []
+    if t is F.leaky_relu:
+        slope = kw.get("negative_slope", args[1] if len(args) > 1 else 0.01)
+        return "leaky_relu", [Hole("other", float(slope), "slope", "slope=", 0.01)]
+    if t in (operator.mul, operator.imul, torch.mul, "mul", "mul_"):
+        if len(args) == 2 and all(isinstance(a, fx.Node) for a in args) and not kw:
+            return "mul", []
+        raise _fail(q, "it multiplies a tensor by a constant (the language's `*` multiplies "
+                       "two tensors)")
+    if t in (torch.mean, "mean"):
+        dims = kw.get("dim", args[1] if len(args) > 1 else None)
+        dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+        if len(args) >= 1 and {d % 4 for d in dims if isinstance(d, int)} == {2, 3} \
+                and len(dims) == 2 and _rank(args[0]) == 4 and "dtype" not in kw:
+            return "global_avgpool", []
+        raise _fail(q, "it takes a mean over other dimensions than H and W")
     if t in (operator.add, operator.iadd, torch.add, "add", "add_") and len(args) == 2 \
             and all(isinstance(a, fx.Node) for a in args) and kw.get("alpha", 1) == 1:
         return "add", []
@@ -214,9 +367,102 @@ def _fn_op(node: fx.Node, q: str) -> tuple[str, list]:
     if t is F.dropout and not kw.get("inplace", False):
         p = (args[1:] + (kw.get("p", 0.5),))[0]
         return "dropout", [Hole("other", float(p), "drop_p", "p=", 0.5)]
-    name = getattr(t, "__qualname__", None) or str(t)
-    raise _fail(q, f"it calls {ascii(name)[:80].strip(chr(39))}, which the language has "
-                   "no op for")
+    raise _fail(q, f"it calls {_fname(t)}, which the language has no op for")
+
+
+def _fname(t: Any) -> str:
+    """A call target as a message may show it."""
+    name = t if isinstance(t, str) else getattr(t, "__qualname__", None) or str(t)
+    return ascii(name)[:80].strip(chr(39))
+
+
+def _reshape_of(n: fx.Node) -> bool:
+    return n.op in ("call_method", "call_function") and n.target in _RESHAPES
+
+
+def _check_reshape(n: fx.Node, q: str) -> None:
+    """A reshape is followed (as no op) only between forms of one channel vector per
+    sample, [N, C], [N, 1, C], [N, C, 1, 1] (ECA's views): the language keeps [C, 1, 1]."""
+    sizes = n.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    src, out = _shape(n.args[0]), _shape(n)
+    ok = not n.kwargs and len(sizes) >= 2 and _is_batch(sizes[0]) and all(
+        isinstance(d, int) and not isinstance(d, bool) for d in sizes[1:]) and \
+        _vector(src) and _vector(out) and math.prod(src[1:]) == math.prod(out[1:])
+    if not ok:
+        what = n.target if isinstance(n.target, str) else "reshape"
+        raise _fail(q, f"it reshapes a tensor ({what} to {ascii(sizes)[:60]}), other than "
+                       "between the forms [N, C], "
+                       "[N, 1, C], [N, C, 1, 1] of a channel vector with the batch size read "
+                       "from a tensor (x.shape[0])")
+
+
+def _check_broadcast(n: fx.Node, op: str, q: str) -> None:
+    """`+` of equal shapes; `*` of equal shapes or a [N, C, 1, 1] gate and a [N, C, H, W]
+    map (an expand_as of the gate looked through)."""
+    shapes = []
+    for a in n.args[:2]:
+        if a.op == "call_method" and a.target in _EXPANDS:
+            a = a.args[0]
+        shapes.append(_shape(a))
+    a, b = shapes
+    if a == b:
+        return
+    if op == "mul" and a and b and len(a) == len(b) == 4 and a[:2] == b[:2] and \
+            (a[2:] == (1, 1) or b[2:] == (1, 1)):
+        return
+    raise _fail(q, f"it {'adds' if op == 'add' else 'multiplies'} tensors of shapes "
+                   f"{list(a or ())} and {list(b or ())} (the language broadcasts only a "
+                   "[C, 1, 1] gate over a [C, H, W] map, with `*`)")
+
+
+_MARK = "\x00"
+
+
+def _switches(root: nn.Module, modules: dict[str, nn.Module]) -> dict[str, Hole]:
+    """nn.Sequential positions that hold a strided pooling in some instances of a block and
+    an nn.Identity (or no projection at all) in the others (timm's ResNet-D shortcut,
+    `downsample.0`): one hole of
+    kind stride each, written `(if stride == 1 then identity else avgpool(k=2, s=stride,
+    ...))`, so the instances anti-unify and the layers after it keep their positions."""
+    spots: dict[tuple, list[str]] = {}
+    for qname, m in modules.items():
+        parent = qname.rpartition(".")[0]
+        if not qname or type(modules.get(parent)) is not nn.Sequential or \
+                type(m) not in (nn.Identity, nn.AvgPool2d, nn.MaxPool2d):
+            continue
+        owner = parent
+        while owner and type(modules[owner]) is nn.Sequential:
+            owner = owner.rpartition(".")[0]
+        rel = qname[len(owner) + 1:] if owner else qname
+        spots.setdefault((type(modules[owner]), rel), []).append(qname)
+    out: dict[str, Hole] = {}
+    count = Counter(type(m) for m in modules.values())
+    for (owner_type, _), names in spots.items():
+        pools = [q for q in names if type(modules[q]) is not nn.Identity]
+        # in every instance: a plain layer (no instance without it to write)
+        if len(pools) == count[owner_type] or not pools or \
+                len({type(modules[q]) for q in pools}) != 1:
+            continue
+        texts, strides = set(), {}
+        for q in pools:
+            op = "avgpool" if type(modules[q]) is nn.AvgPool2d else "maxpool"
+            _, holes = _pool(op)(modules[q], q, "x")
+            parts = [op, "("] + holes + [")"]
+            texts.add(_render(parts, {3: _MARK}))
+            strides[q] = holes[1].value
+        if len(texts) != 1 or min(strides.values()) < 2:
+            continue
+        template = texts.pop()
+
+        def fmt(e: str | None, v: Any, template: str = template) -> str:
+            if e is None:
+                return "identity" if v == 1 else template.replace(_MARK, _lit(v))
+            return f"(if {e} == 1 then identity else {template.replace(_MARK, e)})"
+        for q in names:
+            out[q] = Hole("stride", strides.get(q, 1), "stride", tag=template, fmt=fmt)
+    return out
 
 
 # ---- tracing: nodes with the module stack they were made in ----------------------------
@@ -228,7 +474,7 @@ class _Tracer(fx.Tracer):
         self.calls: Counter = Counter()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return type(m) in MODULES or type(m) is nn.Identity or \
+        return _module_op(m) is not None or type(m) is nn.Identity or \
             super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
@@ -293,6 +539,7 @@ def _build(root: nn.Module, graph: fx.Graph, calls: Counter) -> Scope:
     if not isinstance(result, fx.Node):
         raise _fail("", "its forward returns several values; a model returns one tensor")
     alias: dict[fx.Node, fx.Node] = {}     # nn.Identity: its output is its input
+    switches = _switches(root, modules)
 
     def real(n: fx.Node) -> fx.Node:
         while n in alias:
@@ -320,23 +567,69 @@ def _build(root: nn.Module, graph: fx.Graph, calls: Counter) -> Scope:
                 scope.items.append(Item(child.output, child.inputs, child=child, label=rel))
                 continue
             n = what
-            ins = [real(i) for i in _tensor_inputs(n)]
+            if _is_size(n):      # used only as a reshape's batch size (checked there)
+                other = [u for u in n.users if not _is_size(u) and not _reshape_of(u)]
+                if other:
+                    raise _fail(qname, "it reads a tensor's shape (x.shape) for "
+                                       f"{_fname(other[0].target)}, not only as the batch "
+                                       "size of a reshape")
+                continue
+            raw = _tensor_inputs(n)
+            if any(_shape(i) is None for i in raw) and not _reshape_of(n):
+                raise _fail(qname, "it reads shapes or indexes tensors "
+                                   f"({n.target if isinstance(n.target, str) else 'getitem'})")
+            raw = [i for i in raw if _shape(i) is not None]
+            ins = [real(i) for i in raw]
             if n.op == "call_module":
                 m = modules[n.target]
-                if type(m) is nn.Identity:
-                    alias[n] = ins[0]
+                label = scope.rel(n.target)
+                if n.target in switches:
+                    scope.items.append(Item(n, ins, "?switch", [switches[n.target]], label))
                     continue
-                if type(m) not in MODULES:
+                if type(m) is nn.Identity:
+                    if type(modules[n.target.rpartition(".")[0]]) is nn.Sequential:
+                        # it holds a position: the layers after it are numbered past it
+                        scope.items.append(Item(n, ins, "identity", [], label))
+                    else:
+                        alias[n] = ins[0]
+                    continue
+                make_op = _module_op(m)
+                if make_op is None:
                     raise _fail(n.target, f"it is {type(m).__module__}.{type(m).__name__}, "
                                           "which the language has no op for")
-                label = scope.rel(n.target)
-                op, holes = MODULES[type(m)](m, n.target, label if _label_ok(label) else "x")
+                op, holes = make_op(m, n.target, label if _label_ok(label) else "x")
+                if op == "drop_path" and holes[0].value == 0:
+                    alias[n] = ins[0]        # rate 0: nothing to compute, nothing to load
+                    continue
+                if op == "channel_conv" and not (len(raw) == 1 and _rank(raw[0]) == 3 and
+                                                 _shape(raw[0])[1] == 1):
+                    raise _fail(n.target, "a Conv1d applied to other than a [N, 1, C] view "
+                                          "of a channel vector (ECA)")
                 scope.items.append(Item(n, ins, op, holes, label))
             elif n.op in ("call_function", "call_method"):
                 if n.target is operator.getitem or n.target in ("size", "dim"):
                     raise _fail(qname, "it reads shapes or indexes tensors "
                                        f"({n.target if isinstance(n.target, str) else 'getitem'})")
+                if _reshape_of(n):
+                    _check_reshape(n, qname)
+                    alias[n] = ins[0]
+                    continue
+                if n.target in _EXPANDS:
+                    if not all(u.op in ("call_function", "call_method") and u.target in
+                               (operator.mul, operator.imul, torch.mul, "mul", "mul_")
+                               for u in n.users):
+                        raise _fail(qname, f"it expands a tensor ({n.target}) for other than "
+                                           "a product")
+                    alias[n] = ins[0]
+                    continue
                 op, holes = _fn_op(n, qname)
+                if op in ("add", "mul"):
+                    _check_broadcast(n, op, qname)
+                if op == "global_avgpool" and n.target in ("mean", torch.mean) and \
+                        not _keepdim(n) and not all(_reshape_of(u) for u in n.users):
+                    raise _fail(qname, "it takes x.mean((2, 3)) without keepdim for other "
+                                       "than a reshape to a channel vector (write "
+                                       "keepdim=True)")
                 scope.items.append(Item(n, ins, op, holes))
             else:
                 raise _fail(qname, f"it uses {n.op} `{n.target}` (a parameter used directly)"
@@ -348,7 +641,8 @@ def _build(root: nn.Module, graph: fx.Graph, calls: Counter) -> Scope:
                 if i not in made and i not in seen:
                     seen.append(i)
         scope.inputs = seen
-        used_outside = {real(n) for m in nodes if m not in inside for n in _tensor_inputs(m)}
+        used_outside = {real(n) for m in nodes if m not in inside and not _is_size(m)
+                        for n in _tensor_inputs(m) if _shape(n) is not None}
         used_outside |= {real(result)}
         outs = [it.out for it in scope.items if it.out in used_outside]
         if qname and len(outs) != 1:
@@ -360,7 +654,7 @@ def _build(root: nn.Module, graph: fx.Graph, calls: Counter) -> Scope:
     top.output = real(result)
     for name, count in calls.items():
         m = modules[name]
-        if count > 1 and (type(m) not in MODULES or any(True for _ in m.parameters())):
+        if count > 1 and (_module_op(m) is None or any(True for _ in m.parameters())):
             raise _fail(name, f"it is called {count} times (shared weights); every layer "
                               "of a spec has its own name and parameters")
     return top
@@ -447,6 +741,8 @@ def _call(block: Block, args: dict, first: bool = True) -> list:
 
 def _layer(it: Item, s: Scope, position: int | None, loose: set[str]) -> list:
     head = _label(it, s, position, loose)
+    if it.child is None and it.op == "?switch":
+        return [head] + it.holes
     if it.child is None:
         return [head, it.op, "("] + it.holes + [")"] if it.holes else [head, it.op]
     c = it.child
@@ -502,7 +798,7 @@ def _body(s: Scope, model: bool = False) -> list:
         raise _fail(s.qname, f"it takes {len(s.inputs)} tensors; a block takes one")
     uses: Counter = Counter(i for it in items for i in it.inputs)
     uses[s.output] += 1
-    multi = {i for it in items if it.op in ("add", "concat") for i in it.inputs}
+    multi = {i for it in items if it.op in ("add", "concat", "mul") for i in it.inputs}
     loose = {it.op for it in items if it.child is None and it.label is None} | \
         {it.label for it in items if it.label and Counter(
             x.label for x in items)[it.label] > 1}
@@ -526,7 +822,7 @@ def _body(s: Scope, model: bool = False) -> list:
     for it in items:
         if it is proj_item:
             continue
-        if it.op in ("add", "concat"):
+        if it.op in ("add", "concat", "mul"):
             ops = []
             for i in it.inputs:
                 if it.op == "add" and i is skip_of:
@@ -535,8 +831,9 @@ def _body(s: Scope, model: bool = False) -> list:
                     ops.append([SKIPREF])
                 else:
                     ops.append(expr[i][0])
-            if it.op == "add":
-                e = [p for k, o in enumerate(ops) for p in ([" + "] if k else []) + o]
+            if it.op in ("add", "mul"):
+                sign = " + " if it.op == "add" else " * "
+                e = [p for k, o in enumerate(ops) for p in ([sign] if k else []) + o]
                 expr[it.out] = (e, "sum")
             else:
                 e = ["concat("] + [p for k, o in enumerate(ops) for p in
@@ -567,7 +864,7 @@ def _body(s: Scope, model: bool = False) -> list:
 
 def _key(parts: list) -> tuple:
     return tuple(p if isinstance(p, str) else ("S",) if isinstance(p, Skip) else
-                 ("R",) if p is SKIPREF else ("H", p.kind, p.prefix, repr(p.default))
+                 ("R",) if p is SKIPREF else ("H", p.kind, p.prefix, repr(p.default), p.tag)
                  for p in parts)
 
 
@@ -586,7 +883,7 @@ def _fill(parts: list, out_channels: int) -> list:
     for p in parts:
         if isinstance(p, Hole):
             v = out_channels if p.kind == "channels" else 1 if p.kind == "stride" else p.value
-            res.append(Hole(p.kind, v, p.hint, p.prefix, p.default))
+            res.append(dataclasses.replace(p, value=v))
         else:
             res.append(p)
     return res
@@ -618,6 +915,8 @@ def _render(parts: list, exprs: dict[int, str] | None = None) -> str:
     for i, p in enumerate(parts):
         if isinstance(p, str):
             out.append(p)
+        elif p.fmt is not None:
+            out.append(p.prefix + p.fmt(exprs.get(i) if exprs else None, p.value))
         elif exprs and i in exprs:
             out.append(p.prefix + exprs[i])
         elif p.value != p.default or p.default is None:
