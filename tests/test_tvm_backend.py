@@ -333,7 +333,9 @@ def test_densenet_concatenations_are_copy_kernels():
     text = mod.script()
     concats = [n for n, d in arch.graph.nodes(data=True)
                if d["op"] == "concat" and arch.graph.in_degree(n) > 1]
-    calls = re.findall(r"R\.call_tir\(cls\.(concat\w+)", text)
+    # one kernel call per concatenation: a copy kernel, or a step of a growing one (each
+    # dense block's chain also starts its buffer with one concat_start call)
+    calls = re.findall(r"R\.call_tir(?:_inplace)?\(cls\.(concat(?!_start)\w+)", text)
     assert len(calls) == len(concats) > 0
     assert "R.concat(" not in text
 
@@ -373,3 +375,44 @@ def test_pointwise_views_fuse_into_no_copy_kernel(name):
     names = [g.name_hint for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)]
     assert any(n.startswith("linear") for n in names)
     assert [n for n in names if re.fullmatch(r"fused(_reshape\d*)+", n)] == []
+
+
+def test_concat_grow_kernel_matches_numpy():
+    """A step of a growing concatenation: the new part is written into the block buffer
+    in place, the output is the buffer's first channels through the affine map and ReLU;
+    one function serves any channel counts."""
+    from resdsl.backends.tvm.kernels import concat_grow_func
+    from resdsl.backends.tvm.target import make_target
+    lib = tvm.compile(tvm.IRModule({"main": concat_grow_func(2, 20, 5, 7, True, True)}),
+                      target=make_target("llvm"))
+    rng = np.random.default_rng(0)
+    for c, g in [(12, 4), (20, 8)]:
+        block = rng.standard_normal((2, 20, 5, 7), dtype=np.float32)
+        new = rng.standard_normal((2, g, 5, 7), dtype=np.float32)
+        scale, shift = rng.standard_normal((2, c), dtype=np.float32)
+        buf = tvm.runtime.tensor(block)
+        out = tvm.runtime.tensor(np.zeros((2, c, 5, 7), np.float32))
+        lib["main"](buf, *[tvm.runtime.tensor(a) for a in (new, scale, shift)], out)
+        expect = block.copy()
+        expect[:, c - g:c] = new
+        np.testing.assert_array_equal(buf.numpy(), expect)
+        ref = np.maximum(expect[:, :c] * scale[:, None, None] + shift[:, None, None], 0)
+        np.testing.assert_allclose(out.numpy(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_densenet_kernels_do_not_grow_with_concat_widths():
+    """DenseNet-121: one concatenation kernel per dense block (not one per width), one 1x1
+    convolution kernel per output shape (input channels symbolic), no reshape code."""
+    from tvm import tirx
+
+    from resdsl.backends.tvm.compile import _drop_reshapes, prepare
+    from resdsl.backends.tvm.lower import lower
+    from resdsl.backends.tvm.target import make_target
+    arch = resdsl.load(spec("densenet121"), params={"size": 64})
+    mod = _drop_reshapes(prepare(lower(arch, arch.to_torch(seed=0).state_dict(), batch=1,
+                                       lanes=16).mod, make_target("llvm")))
+    names = [g.name_hint for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)]
+    assert len([n for n in names if n.startswith("concat_grow")]) == 4
+    assert len([n for n in names if n.startswith("concat")]) == 8
+    assert len([n for n in names if n.startswith("conv")]) <= 16
+    assert not [n for n in names if re.fullmatch(r"(fused_)?(reshape\d*_?)+", n)]

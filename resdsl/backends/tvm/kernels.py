@@ -135,16 +135,23 @@ def pack_weights(w: np.ndarray, groups: int, plan: ConvPlan) -> np.ndarray:
     return out
 
 
-def conv_func(n: int, cin: int, h: int, w: int, f: int, k: int, s: int, p: int, d: int,
+def conv_func(n: int, cin: int | None, h: int, w: int, f: int, k: int, s: int, p: int, d: int,
               groups: int, plan: ConvPlan, residual: bool, relu: bool,
               schedule: bool = True):
     """A PrimFunc main(data, wp, bias, [residual], out); scheduled by hand unless
-    `schedule` is false (then it is left for MetaSchedule to tune)."""
+    `schedule` is false (then it is left for MetaSchedule to tune). `cin` may be None
+    for an ungrouped convolution: the input channels are then symbolic (taken from the
+    arguments' shapes when called), so one function serves every layer that differs
+    only in them (DenseNet's 1x1 convolutions, one width each)."""
     from tvm import te, tirx
 
     oh = (h + 2 * p - d * (k - 1) - 1) // s + 1
     ow = (w + 2 * p - d * (k - 1) - 1) // s + 1
     fb, cb = plan.fb, plan.cb
+    if cin is None:
+        if groups != 1:
+            raise ValueError("symbolic input channels need an ungrouped convolution")
+        cin = cb = tirx.Var("cin", "int64")
     owp = plan.ow_padded or ow
     cg = cin // groups
     data = te.placeholder((n, cin, h, w), "float32", name="data")
@@ -352,14 +359,17 @@ def parallelize(func, min_parallel: int = 8):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def concat_func(n: int, parts: list[int], h: int, w: int, affine: bool, relu: bool):
+def concat_func(n: int, parts: list[int], h: int, w: int, affine: bool, relu: bool,
+                out_channels: int | None = None):
     """Channel concatenation of `parts` (channel counts), optionally followed by a
     per-channel affine map (an inference batch norm) and ReLU, as one parallel loop over
     output channel planes that copies each plane from its source with vector stores.
 
     TVM's generic concatenation selects the source of every element through a chain of
     conditions; DenseNet concatenates up to 32 tensors before every layer, and that chain
-    cost a third of its run time."""
+    cost a third of its run time. With `out_channels` the output has that many channels,
+    of which the parts fill the first ones (the start of a growing concatenation, see
+    `concat_grow_func`)."""
     from tvm.script import from_source
     from tvm.script import tirx as T
 
@@ -368,7 +378,7 @@ def concat_func(n: int, parts: list[int], h: int, w: int, affine: bool, relu: bo
     if affine:
         args += [f"scale: T.Buffer(({total},), 'float32')",
                  f"shift: T.Buffer(({total},), 'float32')"]
-    args.append(f"out: T.Buffer(({n}, {total}, {h}, {w}), 'float32')")
+    args.append(f"out: T.Buffer(({n}, {out_channels or total}, {h}, {w}), 'float32')")
     lines = ["@T.prim_func", f"def main({', '.join(args)}):",
              "    T.func_attr({'tirx.noalias': True, 'tirx.is_scheduled': True})",
              f"    for task in T.parallel({n * total}):"]
@@ -385,4 +395,51 @@ def concat_func(n: int, parts: list[int], h: int, w: int, affine: bool, relu: bo
                   f"                for x in T.vectorized({w}):",
                   f"                    out[task // {total}, task % {total}, y, x] = {value}"]
         lo += c
+    return from_source("\n".join(lines) + "\n", extra_vars={"T": T})
+
+
+def concat_grow_func(n: int, total: int, h: int, w: int, affine: bool, relu: bool):
+    """One step of a growing concatenation (DenseNet: every layer's input is the previous
+    layer's input plus its new channels), in place. `block` [n, total, h, w] holds the
+    first c - g channels already; the new part `y` [n, g, h, w] is copied into channels
+    c - g .. c of it, and `out` [n, c, h, w] is channels 0 .. c of it, through the
+    per-channel affine map and ReLU when asked. c and g are symbolic (taken from the
+    buffers' shapes when called), so one function serves every layer of a dense block:
+    the code does not grow with the number of distinct concatenation widths. Called
+    with `call_tir_inplace` (the block is argument 0 and the first output)."""
+    from tvm.script import from_source
+    from tvm.script import tirx as T
+
+    args = ["var_block: T.handle", "var_y: T.handle"]
+    if affine:
+        args += ["var_scale: T.handle", "var_shift: T.handle"]
+    args.append("var_out: T.handle")
+    lines = ["@T.prim_func", f"def main({', '.join(args)}):",
+             "    T.func_attr({'tirx.noalias': True, 'tirx.is_scheduled': True})",
+             "    c = T.int64()", "    g = T.int64()",
+             f"    block = T.match_buffer(var_block, ({n}, {total}, {h}, {w}), 'float32')",
+             f"    y = T.match_buffer(var_y, ({n}, g, {h}, {w}), 'float32')",
+             f"    out = T.match_buffer(var_out, ({n}, c, {h}, {w}), 'float32')"]
+    if affine:
+        lines += ["    scale = T.match_buffer(var_scale, (c,), 'float32')",
+                  "    shift = T.match_buffer(var_shift, (c,), 'float32')"]
+    b, ch = "task // c", "task % c"
+
+    def value(v):
+        if affine:
+            v = f"{v} * scale[{ch}] + shift[{ch}]"
+        return f"T.max({v}, T.float32(0))" if relu else v
+    new = f"y[{b}, {ch} - (c - g), yy, xx]"
+    lines += [f"    for task in T.parallel({n} * c):",
+              f"        if {ch} >= c - g:",
+              f"            for yy in range({h}):",
+              f"                for xx in T.vectorized({w}):",
+              f"                    block[{b}, {ch}, yy, xx] = {new}",
+              f"            for yy in range({h}):",
+              f"                for xx in T.vectorized({w}):",
+              f"                    out[{b}, {ch}, yy, xx] = {value(new)}",
+              "        else:",
+              f"            for yy in range({h}):",
+              f"                for xx in T.vectorized({w}):",
+              f"                    out[{b}, {ch}, yy, xx] = {value(f'block[{b}, {ch}, yy, xx]')}"]
     return from_source("\n".join(lines) + "\n", extra_vars={"T": T})

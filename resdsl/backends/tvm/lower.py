@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
 
 from resdsl.backends import require_ops
-from resdsl.backends.tvm.kernels import (concat_func, conv_func, linear_func, pack_linear,
-                                         pack_weights, plan_conv, plan_linear, plan_pointwise)
+from resdsl.backends.tvm.kernels import (concat_func, concat_grow_func, conv_func, linear_func,
+                                         pack_linear, pack_weights, plan_conv, plan_linear,
+                                         plan_pointwise)
 from resdsl.errors import ResdslError
 from resdsl.ir.graph import inputs_of, topo_order
 from resdsl.weights import check_weights
@@ -61,6 +62,8 @@ class _Ctx:
         self.lanes: int | None = None   # resdsl's CPU kernels, when set
         self.bb: Any = None             # the BlockBuilder (for ops that add PrimFuncs)
         self.funcs: dict = {}           # PrimFuncs added by ops, by shape
+        self.chains: dict = {}          # growing concatenations: their buffer, so far
+        self.shared = True              # kernels shared across input-channel counts
 
     def weight(self, key: str) -> np.ndarray:
         return _np(self.weights[key])
@@ -317,12 +320,15 @@ def _fusions(g, folds: dict[str, str]) -> dict[str, _Fused]:
 
 @dataclass
 class _Concat:
-    """concat [-> bn] [-> relu], emitted as one copy kernel at `tail`."""
+    """concat [-> bn] [-> relu], emitted as one copy kernel at `tail`; or, as a step of a
+    growing concatenation (`chain`), copying only its new part into the chain's buffer."""
 
     concat: str
     bn: str | None
     relu: str | None
     tail: str
+    chain: str | None = None       # the first concatenation of its chain
+    channels: int = 0              # the chain's final width (its buffer's channels)
 
 
 def _concat_fusions(g, taken: set[str]) -> dict[str, _Concat]:
@@ -344,7 +350,32 @@ def _concat_fusions(g, taken: set[str]) -> dict[str, _Concat]:
         relu = sole_successor(bn or name, "relu")
         tail = relu or bn or name
         out[tail] = _Concat(name, bn, relu, tail)
+    _chains(g, out)
     return out
+
+
+def _chains(g, concats: dict[str, _Concat]) -> None:
+    """Link growing concatenations: one whose inputs are another's plus one more (DenseNet:
+    each layer's input is the previous layer's plus its output). A chain is computed in
+    one buffer of its final width, each step copying in only its new part
+    (`concat_grow_func`): one kernel per dense block instead of one per width, and no
+    channel copied twice into it."""
+    by_parts = {tuple(inputs_of(g, fc.concat)): fc for fc in concats.values()}
+    nxt: dict[str, list[_Concat]] = {}
+    for parts, fc in by_parts.items():
+        prev = by_parts.get(parts[:-1])
+        if prev is not None:
+            nxt.setdefault(prev.concat, []).append(fc)
+    has_prev = {fcs[0].concat for fcs in nxt.values() if len(fcs) == 1}
+    for fc in by_parts.values():
+        if fc.concat in has_prev or len(nxt.get(fc.concat, [])) != 1:
+            continue   # not the first of a chain of two or more
+        chain = [fc]
+        while len(nxt.get(chain[-1].concat, [])) == 1:
+            chain.append(nxt[chain[-1].concat][0])
+        width = g.nodes[chain[-1].concat]["shape"][0]
+        for member in chain:
+            member.chain, member.channels = fc.concat, width
 
 
 def _emit_concat(ctx: _Ctx, bb, fc: _Concat, values: dict, cache: dict):
@@ -353,6 +384,8 @@ def _emit_concat(ctx: _Ctx, bb, fc: _Concat, values: dict, cache: dict):
     parts = inputs_of(g, fc.concat)
     channels = tuple(g.nodes[p]["shape"][0] for p in parts)
     c, h, w = g.nodes[fc.concat]["shape"]
+    if fc.chain is not None:
+        return _emit_grow(ctx, bb, fc, values, cache, parts, channels)
     key = ("concat", ctx.batch, channels, h, w, fc.bn is not None, fc.relu is not None)
     if key not in cache:
         fname = f"concat{len(cache)}_{len(parts)}x{h}x{w}"
@@ -365,6 +398,51 @@ def _emit_concat(ctx: _Ctx, bb, fc: _Concat, values: dict, cache: dict):
         scale, shift = ctx.bn_affine(fc.bn)
         args += [ctx.param(f"{fc.bn}.scale", scale), ctx.param(f"{fc.bn}.shift", shift)]
     return relax.call_tir(cache[key], args, relax.TensorType((ctx.batch, c, h, w), "float32"))
+
+
+def conv_class(k: int, groups: int) -> str:
+    """The class a convolution is reported under: 1x1, 3x3, grouped, stem 7x7, ..."""
+    if groups > 1:
+        return "grouped"
+    if k == 7:
+        return "stem 7x7"
+    return f"{k}x{k}"
+
+
+def _emit_grow(ctx: _Ctx, bb, fc: _Concat, values: dict, cache: dict, parts, channels):
+    """A step of a growing concatenation: the chain's buffer (made by its first step from
+    all but the last input) gets the new part in place, and the step's output is the
+    buffer's first channels through the batch norm and ReLU."""
+    from tvm import relax
+    c, h, w = ctx.g.nodes[fc.concat]["shape"]
+    n, total = ctx.batch, fc.channels
+    buf_ty = relax.TensorType((n, total, h, w), "float32")
+    if fc.chain == fc.concat:
+        # the chain's first step: its buffer, with all the first step's parts (the last one
+        # is copied again below: a kernel reading a single input could be taken for a
+        # reshape by Relax's RewriteDataflowReshape)
+        key = ("concat-start", n, channels, h, w, total)
+        if key not in cache:
+            fname = f"concat_start{len(cache)}_{total}x{h}x{w}"
+            func = concat_func(n, list(channels), h, w, False, False, out_channels=total)
+            cache[key] = bb.add_func(func.with_attr("global_symbol", fname)
+                                     .with_attr("op_pattern", 8), fname)
+        ctx.chains[fc.chain] = bb.emit(relax.call_tir(
+            cache[key], [values[p] for p in parts], buf_ty))
+    key = ("concat-grow", n, total, h, w, fc.bn is not None, fc.relu is not None)
+    if key not in cache:
+        fname = f"concat_grow{len(cache)}_{total}x{h}x{w}"
+        func = concat_grow_func(n, total, h, w, fc.bn is not None, fc.relu is not None)
+        cache[key] = bb.add_func(func.with_attr("global_symbol", fname)
+                                 .with_attr("op_pattern", 8), fname)
+    args = [ctx.chains[fc.chain], values[parts[-1]]]
+    if fc.bn is not None:
+        scale, shift = ctx.bn_affine(fc.bn)
+        args += [ctx.param(f"{fc.bn}.scale", scale), ctx.param(f"{fc.bn}.shift", shift)]
+    step = bb.emit(relax.call_tir_inplace(
+        cache[key], args, [0, -1], [buf_ty, relax.TensorType((n, c, h, w), "float32")]))
+    ctx.chains[fc.chain] = bb.emit(relax.TupleGetItem(step, 0))
+    return relax.TupleGetItem(step, 1)
 
 
 def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: dict,
@@ -397,17 +475,26 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
         scale, shift = ctx.bn_affine(bn)
         wt = wt * scale[:, None, None, None]
         b = b * scale + shift
-    key = (ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups, plan,
-           fused.residual is not None, fused.relu)
+    # one kernel for the 1x1 convolutions that differ only in their input channels
+    # (DenseNet: one width per layer), unless tuning (a task per shape)
+    generic = pointwise and a.groups == 1 and not tunable and ctx.shared
+    key = (ctx.batch, None if generic else cin, h, w, f, a.k, a.s, a.p, a.d, a.groups,
+           replace(plan, cb=0) if generic else plan, fused.residual is not None, fused.relu)
     if key not in cache:
-        func = conv_func(ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups, plan,
-                         fused.residual is not None, fused.relu, schedule=not tunable)
-        fname = f"conv{len(cache)}_{f}x{cin}k{a.k}s{a.s}"
+        func = conv_func(ctx.batch, None if generic else cin, h, w, f, a.k, a.s, a.p, a.d,
+                         a.groups, plan, fused.residual is not None, fused.relu,
+                         schedule=not tunable)
+        fname = f"conv{len(cache)}_{f}x{'C' if generic else cin}k{a.k}s{a.s}"
         # opaque (op_pattern 8): operator fusion leaves the kernel whole, so its schedule
         # (or, when tuning, its hand schedule for untuned builds) still applies
         func = func.with_attr("global_symbol", fname).with_attr("op_pattern", 8)
         if tunable:
             func = func.with_attr("resdsl.kernel", json.dumps([f, dataclasses.asdict(plan)]))
+        # what the benchmark reports per class of convolution: useful MACs of one call
+        if not generic:
+            func = func.with_attr("resdsl.conv", json.dumps(
+                {"class": conv_class(a.k, a.groups), "macs": ctx.batch * f * oh * ow
+                 * (cin // a.groups) * a.k * a.k}))
         cache[key] = bb.add_func(func, fname)
     def view(value, channels):
         if not pointwise:
@@ -455,12 +542,14 @@ def _emit_linear(ctx: _Ctx, bb, name: str, values: dict, lanes: int, cache: dict
 
 
 def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
-          tunable: bool = False) -> Lowered:
+          tunable: bool = False, shared: bool = True) -> Lowered:
     """Lower a validated Arch with a state_dict (torch tensors or numpy arrays).
 
     lanes: the host's float32 SIMD width; when given, convolutions (with their bias,
     residual add and ReLU) become resdsl's hand-scheduled CPU kernels (llvm target);
-    tunable: leave those kernels unscheduled, for MetaSchedule."""
+    tunable: leave those kernels unscheduled, for MetaSchedule; shared: one kernel for
+    the 1x1 convolutions that differ only in their input channels (symbolic there),
+    else one per shape (as tuning and the benchmark's per-kernel timing need)."""
     from tvm import relax
     report = check_weights(arch, weights)
     if not report.ok:
@@ -480,7 +569,7 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
         inside.update({m: fc for m in (fc.concat, fc.bn, fc.relu) if m and m != fc.tail})
     cache: dict = {}
     bb = relax.BlockBuilder()
-    ctx.lanes, ctx.bb = lanes, bb
+    ctx.lanes, ctx.bb, ctx.shared = lanes, bb, shared
     # parameters are created while lowering; build the body first, then the signature
     values: dict[str, Any] = {}
     with bb.function("main"):
