@@ -182,3 +182,14 @@ def test_a_labelled_conditional_names_the_chosen_layer():
         assert arch.graph.nodes["bn1"]["op"] == op
         assert [n for n in arch.graph if n.startswith("ds")] == (["ds.0", "ds.1"] if g
                                                                   else ["ds"])
+
+
+def test_a_string_parameter_stays_a_string_where_a_block_has_that_name():
+    """`attn="se"` selects SE in timm_resnet, although lib/attention.arch has a block `se`;
+    a parameter without a string default still takes a block by name (`unit`)."""
+    params = {"unit": "bottleneck", "layers": [3, 4, 6, 3], "attn": "se"}
+    arch = resdsl.load("specs/lib/timm_resnet.arch", model="timm_resnet", params=params)
+    assert arch.num_params() == 28_088_024          # timm's seresnet50
+    from resdsl.cli import main
+    assert main(["check", "specs/lib/timm_resnet.arch", "--model", "timm_resnet",
+                 "-D", "unit=bottleneck", "-D", "layers=[3,4,6,3]", "-D", 'attn="eca"']) == 0

@@ -27,6 +27,7 @@ from resdsl.elab.builder import Builder
 from resdsl.elab.combinators import Combinators
 from resdsl.elab.expressions import Expressions
 from resdsl.elab.layers import Layers
+from resdsl.syntax import ast as A
 from resdsl.elab.values import (BlockRef, ModuleEnv, Tensor, check_value, is_model,
                                 resolve_blocks)
 from resdsl.errors import ResdslError, Span
@@ -64,7 +65,12 @@ def elaborate(ref: BlockRef, params: dict[str, Any] | None = None,
     builder = Builder(ref.defn.name, limits)
     el = Elaborator(builder)
     span = ref.defn.name_span
-    params = {str(k): resolve_blocks(check_value(v, str(k)), ref.module, str(k))
+    # a string given for a parameter whose default is a string stays a string (`attn="se"`
+    # where the spec also has a block `se`); elsewhere a string naming a block is the block
+    textual = {p.name for p in (getattr(ref.defn, "params", None) or ())
+               if isinstance(p.default, A.Str)}
+    params = {str(k): check_value(v, str(k)) if str(k) in textual and isinstance(v, str)
+              else resolve_blocks(check_value(v, str(k)), ref.module, str(k))
               for k, v in (params or {}).items()}
     args = [(k, v, span) for k, v in params.items()]
     out = el.run_model(ref, args, span)
