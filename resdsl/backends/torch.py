@@ -267,7 +267,10 @@ def _registered_module(name: str, attrs: dict, shapes: tuple) -> nn.Module:
 
 # model-name prefixes -> the class torchvision/timm would use for that family
 _FAMILIES = [("densenet", "DenseNet"), ("preact_resnet", "PreActResNet"),
-             ("resnext", "ResNet"), ("wide_resnet", "ResNet"), ("resnet", "ResNet")]
+             ("resnext", "ResNet"), ("wide_resnet", "ResNet"), ("resnet", "ResNet"),
+             # timm builds its variants on its ResNet class
+             ("seresne", "ResNet"), ("ecaresnet", "ResNet"), ("res2ne", "ResNet"),
+             ("skresne", "ResNet"), ("resnest", "ResNet")]
 
 
 def class_name(model: str) -> str:
