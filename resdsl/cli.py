@@ -391,12 +391,19 @@ def _read_input(path: str):
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from resdsl.backends.tvm.tune import tune
+    from resdsl.backends.tvm.tune import knob_tune, tune
+    if args.knobs and args.target != "llvm":
+        raise ResdslError("--knobs searches resdsl's CPU kernels: it needs --target llvm")
     arch = _load(args.spec, args)
     weights = _weights(arch, args)
     t = time.perf_counter()
-    report = tune(arch, args.target, args.trials, args.db, batch=args.batch, weights=weights,
-                  rpc=args.rpc, cuda_arch=args.cuda_arch, progress=not args.quiet)
+    if args.knobs:
+        report = knob_tune(arch, args.trials, args.db, batch=args.batch, weights=weights,
+                           progress=not args.quiet)
+    else:
+        report = tune(arch, args.target, args.trials, args.db, batch=args.batch,
+                      weights=weights, rpc=args.rpc, cuda_arch=args.cuda_arch,
+                      progress=not args.quiet)
     print(f"tuned {report.tasks} tasks, {report.trials} trials, in "
           f"{time.perf_counter() - t:.0f} s; records in {report.db}/ "
           f"(use: resdsl compile {args.spec} --target {args.target} --db {report.db})")
@@ -591,6 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpc", metavar="HOST:PORT:KEY",
                    help="TVM RPC tracker and device key that measure candidates remotely")
     p.add_argument("--cuda-arch", default=None, metavar="SM")
+    p.add_argument("--knobs", action="store_true",
+                   help="llvm: measure other blockings of resdsl's own convolution kernels "
+                        "(register tiles, columns per task, reduction chunks, unrolling) "
+                        "instead of MetaSchedule's search; --trials candidates in all, "
+                        "minutes rather than hours")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _spec_options(p)
     p.set_defaults(func=cmd_tune)

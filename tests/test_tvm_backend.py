@@ -416,3 +416,60 @@ def test_densenet_kernels_do_not_grow_with_concat_widths():
     assert len([n for n in names if n.startswith("concat")]) == 8
     assert len([n for n in names if n.startswith("conv")]) <= 16
     assert not [n for n in names if re.fullmatch(r"(fused_)?(reshape\d*_?)+", n)]
+
+
+def test_knob_tuning_records_resumes_and_applies(tmp_path, capsys):
+    """`resdsl tune --knobs`: measured blockings of the hand kernels go to the database,
+    a second run resumes (measures only new candidates), and `compile --db` builds with
+    the best blocking of each kernel that beat its hand plan (still the same function)."""
+    from dataclasses import asdict
+
+    from resdsl.backends.tvm.compile import KNOB_FILE, load_knob_plans, lower_for
+    from resdsl.backends.tvm.target import make_target
+    db = tmp_path / "db"
+    args = ["tune", spec("resnet20"), "--target", "llvm", "--knobs", "--trials", "2",
+            "--db", str(db), "-q"]
+    assert main(args) == 0
+    assert "tuned" in capsys.readouterr().out
+    first = [json.loads(line) for line in (db / KNOB_FILE).read_text().splitlines()]
+    trials = [r for r in first if not r.get("confirm")]   # (then confirmations)
+    assert len(trials) == 2 and all(r["ok"] and r["ms"] > 0 and r["hand_ms"] > 0
+                                    for r in first)
+    assert main(args) == 0
+    records = [json.loads(line) for line in (db / KNOB_FILE).read_text().splitlines()]
+    trials = [r for r in records if not r.get("confirm")]
+    assert len(trials) == 4
+    seen = {(r["task"], json.dumps(r["plan"], sort_keys=True)) for r in trials}
+    assert len(seen) == 4                                   # nothing measured twice
+    # a record that beat its hand plan is applied: make the first one so
+    records = [r for r in records if not r.get("confirm")]
+    best = dict(records[0], ratio=0.5, confirm=True)
+    with open(db / KNOB_FILE, "a") as f:
+        f.write(json.dumps(best) + "\n")
+    plans = load_knob_plans(db)
+    assert asdict(plans[best["task"]]) == best["plan"]
+    arch = resdsl.load(spec("resnet20"))
+    lowered = lower_for(arch, arch.to_torch(seed=0).state_dict(), make_target("llvm"), 1,
+                        plans=plans)
+    assert asdict(lowered.convs[best["task"]]["plan"]) == best["plan"]
+    out = tmp_path / "tuned"
+    assert main(["compile", spec("resnet20"), "--target", "llvm", "--db", str(db), "-o",
+                 str(out)]) == 0
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
+    ref = arch.to_torch(seed=0).eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(load_artifact(out)(x) - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_candidate_plans_are_valid_blockings():
+    from resdsl.backends.tvm.kernels import (candidate_plans, max_accumulators, plan_conv,
+                                             plan_pointwise)
+    for hand, args in [(plan_pointwise(256, 64, 1, 3136, 16), (256, 64, 1, 3136, 16, 1)),
+                       (plan_conv(64, 64, 1, 56, 8), (64, 64, 1, 56, 8, 3)),
+                       (plan_conv(128, 128, 32, 56, 16), (128, 128, 32, 56, 16, 3))]:
+        cands = candidate_plans(hand, *args)
+        assert cands and hand not in cands and len(set(cands)) == len(cands)
+        lanes = args[4]
+        for c in cands:
+            assert c.ow_padded % c.xt == 0 and c.ow_padded >= args[3]
+            assert c.xt * max(1, c.fb // lanes) <= max_accumulators(lanes)
+            assert c.xc == 0 or (c.xc % c.xt == 0 and c.ow_padded % c.xc == 0)

@@ -30,9 +30,10 @@ def default_weights(arch, seed: int = 0) -> dict:
     return arch.to_torch(seed=seed).state_dict()
 
 
-def lower_for(arch, weights: dict, target, batch: int, tunable: bool = False):
+def lower_for(arch, weights: dict, target, batch: int, tunable: bool = False,
+              plans: dict | None = None):
     lanes = host_cpu().vector_lanes if target.kind.name == "llvm" else None
-    lowered = lower(arch, weights, batch=batch, lanes=lanes, tunable=tunable)
+    lowered = lower(arch, weights, batch=batch, lanes=lanes, tunable=tunable, plans=plans)
     if target.kind.name == "cuda":      # convolutions as im2col + matmul (cuda.py)
         lowered.mod, _ = convs_to_gemm(lowered.mod)
     return lowered
@@ -46,12 +47,16 @@ def compile_module(arch, weights: dict, target, batch: int = 1, db: str | None =
 
     stage = stage or (lambda text: None)
     stage("lowering to Relax")
-    lowered = lower_for(arch, weights, target, batch, tunable=db is not None)
+    if db is not None and not Path(db).is_dir():
+        raise ResdslError(f"{db}: no such tuning database",
+                          hint="create one with `resdsl tune SPEC --db DIR`")
+    llvm = target.kind.name == "llvm"
+    plans = load_knob_plans(db) if db is not None and llvm else {}
+    # MetaSchedule records (a knob-only database has none: the kernels keep their schedule)
+    records = db is not None and (not llvm or _has_records(db))
+    lowered = lower_for(arch, weights, target, batch, tunable=records, plans=plans)
     mod = lowered.mod
-    if db is not None:
-        if not Path(db).is_dir():
-            raise ResdslError(f"{db}: no such tuning database",
-                              hint="create one with `resdsl tune SPEC --db DIR`")
+    if records:
         mod = apply_database(mod, target, db)
     elif target.kind.name == "llvm":
         mod = prepare(mod, target)
@@ -62,6 +67,44 @@ def compile_module(arch, weights: dict, target, batch: int = 1, db: str | None =
     with target:
         ex = tvm.compile(mod, target=target)
     return ex, lowered
+
+
+def _has_records(db) -> bool:
+    path = Path(db) / "database_tuning_record.json"
+    return path.exists() and path.stat().st_size > 0
+
+
+KNOB_FILE = "resdsl_knobs.json"   # one JSON record a line, in the tuning database directory
+KNOB_MARGIN = 0.95   # a blocking replaces the hand one only if measured 5% faster
+
+
+def best_candidates(path, confirmed: bool = True) -> dict:
+    """Task key -> the blocking (ConvPlan) of the best record in a knob file that beat
+    the hand plan by KNOB_MARGIN; with `confirmed`, only records of the second,
+    longer measurement count."""
+    best: dict[str, tuple[float, ConvPlan]] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            ratio = float(rec.get("ratio", float(rec["ms"]) / float(rec["hand_ms"])))
+            plan = ConvPlan(**rec["plan"])
+            task, ok = str(rec["task"]), bool(rec["ok"])
+        except (ValueError, KeyError, TypeError, ZeroDivisionError):
+            continue   # a torn last line of an interrupted run
+        if ok and ratio < KNOB_MARGIN and (bool(rec.get("confirm")) or not confirmed) \
+                and (task not in best or ratio < best[task][0]):
+            best[task] = (ratio, plan)
+    return {task: plan for task, (_, plan) in best.items()}
+
+
+def load_knob_plans(db) -> dict:
+    """The blockings `resdsl tune --knobs` found faster than the hand plans, confirmed by
+    a second measurement (task key -> ConvPlan)."""
+    return best_candidates(Path(db) / KNOB_FILE, confirmed=True)
 
 
 def _drop_reshapes(mod):

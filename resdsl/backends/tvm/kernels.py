@@ -47,6 +47,7 @@ class ConvPlan:
     ow_padded: int = 0  # output columns computed: the width rounded up to a multiple of xt
     xc: int = 0         # columns per parallel chunk (0: whole rows), a multiple of xt
     rcb: int = 0        # input channels per reduction chunk (0: no chunking)
+    uk: int = 0         # kernel-window loops unrolled: 0 none, 1 the columns, 2 both
 
     def base(self, fo, cin_per_group: int):
         """First input channel read by block `fo` (a TE expression or an int)."""
@@ -220,6 +221,7 @@ def apply_conv_schedule(sch, plan: ConvPlan, f: int) -> None:
     a_x, a_fi, a_rc, a_ry, a_rx = loops[-5:]
     sch.reorder(a_rc, a_ry, a_rx, a_x, a_fi)
     sch.unroll(a_x)
+    _unroll_window(sch, plan, a_ry, a_rx)
     sch.vectorize(a_fi)
     sch.decompose_reduction(b_acc, a_rc)
     # the epilogue writes NCHW rows: vectorise along the XT columns of each channel
@@ -231,6 +233,74 @@ def apply_conv_schedule(sch, plan: ConvPlan, f: int) -> None:
     for b_pad in padded:
         pl = sch.get_loops(b_pad)
         sch.parallel(sch.fuse(pl[0], pl[1]))
+
+
+def _unroll_window(sch, plan: ConvPlan, a_ry, a_rx) -> None:
+    if plan.uk >= 1 and int(sch.get(a_rx).extent) > 1:
+        sch.unroll(a_rx)
+    if plan.uk >= 2 and int(sch.get(a_ry).extent) > 1:
+        sch.unroll(a_ry)
+
+
+def candidate_plans(hand: ConvPlan, f: int, cin: int, groups: int, width: int, lanes: int,
+                    k: int, limit: int = 16) -> list[ConvPlan]:
+    """Other blockings of one convolution for a measured search, most promising first:
+    the hand plan's parallel chunking (columns per task, reduction chunks) and unrolling
+    varied, and the next best register tiles (FB x XT) of the cost model."""
+    fg = f // groups
+    out: list[ConvPlan] = []
+
+    def add(plan):
+        if plan != hand and plan not in out:
+            out.append(plan)
+
+    def chunks(plan):
+        tiles = plan.ow_padded // plan.xt
+        return [plan.xt * d for d in range(1, tiles) if tiles % d == 0
+                and 8 <= plan.xt * d <= 128]
+
+    variants = []
+    for xc in chunks(hand) + ([0] if hand.xc else []):
+        variants.append(replace(hand, xc=xc, rcb=0))
+    if hand.xc:
+        for rcb in (32, 64, 128, 256):
+            if rcb < hand.cb and hand.cb % rcb == 0:
+                variants.append(replace(hand, rcb=rcb))
+    if k > 1:
+        variants += [replace(hand, uk=1), replace(hand, uk=2)]
+    # other register tiles, ranked by the cost model (as plan_conv ranks them)
+    widths = [lanes * mult for mult in (1, 2, 3)] + ([lanes // 2] if lanes >= 16 else [])
+    tiles = []
+    for fb in widths:
+        vecs = max(1, fb // lanes)
+        if groups == 1:
+            fpad, blockdiag, cb = -(-f // fb) * fb, False, cin
+        elif fg % fb == 0:
+            fpad, blockdiag, cb = f, False, cin // groups
+        elif fb % fg == 0 and f % fb == 0:
+            fpad, blockdiag, cb = f, True, (fb // fg) * (cin // groups)
+        else:
+            continue
+        waste = fpad / f * (fb // fg if blockdiag else 1)
+        for xt in range(2, min(width, max_accumulators(lanes) // vecs) + 1):
+            owp = -(-width // xt) * xt
+            cycles = max(xt * vecs / 2, (xt + vecs) / 2, FMA_LATENCY)
+            cost = cycles / (xt * fb / lanes) * waste * owp / width
+            plan = ConvPlan(fb, xt, cb, fpad, fpad if groups == 1 else fg, blockdiag, owp)
+            if hand.xc:   # chunk the columns as the hand plan does, about as wide
+                near = chunks(plan)
+                if not near:
+                    continue
+                plan = replace(plan, xc=min(near, key=lambda c: abs(c - hand.xc)))
+            tiles.append((cost, plan))
+    tiles.sort(key=lambda t: t[0])
+    ranked = [p for _, p in tiles[:6]]
+    # alternate the two kinds, so a small budget tries some of each
+    for i in range(max(len(variants), len(ranked))):
+        for group in (variants, ranked):
+            if i < len(group):
+                add(group[i])
+    return out[:limit]
 
 
 def _chunked_schedule(sch, plan: ConvPlan, b_acc, b_out, loops) -> None:
@@ -258,6 +328,7 @@ def _chunked_schedule(sch, plan: ConvPlan, b_acc, b_out, loops) -> None:
         sch.reorder(a_xo, a_rc, a_ry, a_rx, a_xi, a_fi)
         first = a_xo
     sch.unroll(a_xi)
+    _unroll_window(sch, plan, a_ry, a_rx)
     sch.vectorize(a_fi)
     sch.decompose_reduction(b_acc, first)
     sch.vectorize(xi)

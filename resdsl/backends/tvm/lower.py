@@ -23,9 +23,9 @@ from typing import Any, Callable
 import numpy as np
 
 from resdsl.backends import require_ops
-from resdsl.backends.tvm.kernels import (concat_func, concat_grow_func, conv_func, linear_func,
-                                         pack_linear, pack_weights, plan_conv, plan_linear,
-                                         plan_pointwise)
+from resdsl.backends.tvm.kernels import (candidate_plans, concat_func, concat_grow_func,
+                                         conv_func, linear_func, pack_linear, pack_weights,
+                                         plan_conv, plan_linear, plan_pointwise)
 from resdsl.errors import ResdslError
 from resdsl.ir.graph import inputs_of, topo_order
 from resdsl.weights import check_weights
@@ -41,6 +41,7 @@ class Lowered:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     folded: list[str] = field(default_factory=list)   # batch norms folded into convs
+    convs: dict = field(default_factory=dict)         # conv kernels by task key (llvm)
 
 
 def _np(t) -> np.ndarray:
@@ -64,6 +65,8 @@ class _Ctx:
         self.funcs: dict = {}           # PrimFuncs added by ops, by shape
         self.chains: dict = {}          # growing concatenations: their buffer, so far
         self.shared = True              # kernels shared across input-channel counts
+        self.plans: dict = {}           # conv task key -> ConvPlan chosen by tuning
+        self.convs: dict = {}           # conv task key -> its kernel's arguments, plan, calls
 
     def weight(self, key: str) -> np.ndarray:
         return _np(self.weights[key])
@@ -400,6 +403,12 @@ def _emit_concat(ctx: _Ctx, bb, fc: _Concat, values: dict, cache: dict):
     return relax.call_tir(cache[key], args, relax.TensorType((ctx.batch, c, h, w), "float32"))
 
 
+def conv_task_key(n, cin, h, w, f, k, s, p, d, groups, residual, relu, lanes) -> str:
+    """A convolution kernel's shape, as the knob tuner's records name it (no plan)."""
+    return (f"n{n}_c{cin}_h{h}_w{w}_f{f}_k{k}_s{s}_p{p}_d{d}_g{groups}"
+            f"_r{int(residual)}_relu{int(relu)}_l{lanes}")
+
+
 def conv_class(k: int, groups: int) -> str:
     """The class a convolution is reported under: 1x1, 3x3, grouped, stem 7x7, ..."""
     if groups > 1:
@@ -467,6 +476,18 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
         plan = plan_conv(f, cin, a.groups, ow, lanes)
     if plan is None:
         return None
+    task = conv_task_key(ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups,
+                         fused.residual is not None, fused.relu, lanes)
+    tuned = ctx.plans.get(task)          # a tuned blocking (`resdsl tune --knobs`), taken
+    if tuned is not None and tuned in candidate_plans(   # only if the search could propose it
+            plan, f, cin, a.groups, ow, lanes, a.k, limit=10_000):
+        plan = tuned
+    if task in ctx.convs:
+        ctx.convs[task]["calls"] += 1
+    else:
+        ctx.convs[task] = {"args": (ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups,
+                                    fused.residual is not None, fused.relu),
+                           "plan": plan, "calls": 1, "width": ow}
     wt = ctx.weight(f"{name}.weight")
     b = ctx.weight(f"{name}.bias") if a.bias else np.zeros(f, np.float32)
     bn = fused.members[1] if len(fused.members) > 1 and g.nodes[fused.members[1]]["op"] == "bn" \
@@ -542,14 +563,15 @@ def _emit_linear(ctx: _Ctx, bb, name: str, values: dict, lanes: int, cache: dict
 
 
 def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
-          tunable: bool = False, shared: bool = True) -> Lowered:
+          tunable: bool = False, shared: bool = True, plans: dict | None = None) -> Lowered:
     """Lower a validated Arch with a state_dict (torch tensors or numpy arrays).
 
     lanes: the host's float32 SIMD width; when given, convolutions (with their bias,
     residual add and ReLU) become resdsl's hand-scheduled CPU kernels (llvm target);
     tunable: leave those kernels unscheduled, for MetaSchedule; shared: one kernel for
     the 1x1 convolutions that differ only in their input channels (symbolic there),
-    else one per shape (as tuning and the benchmark's per-kernel timing need)."""
+    else one per shape (as tuning and the benchmark's per-kernel timing need); plans:
+    blockings chosen by `resdsl tune --knobs`, by task key, instead of the cost model's."""
     from tvm import relax
     report = check_weights(arch, weights)
     if not report.ok:
@@ -569,7 +591,7 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
         inside.update({m: fc for m in (fc.concat, fc.bn, fc.relu) if m and m != fc.tail})
     cache: dict = {}
     bb = relax.BlockBuilder()
-    ctx.lanes, ctx.bb, ctx.shared = lanes, bb, shared
+    ctx.lanes, ctx.bb, ctx.shared, ctx.plans = lanes, bb, shared, dict(plans or {})
     # parameters are created while lowering; build the body first, then the signature
     values: dict[str, Any] = {}
     with bb.function("main"):
@@ -603,4 +625,4 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
         bb.emit_func_output(out, params=[x] + [ctx.vars[n] for n in names])
     mod = bb.get()
     return Lowered(mod, names, ctx.params, in_shape, (batch, *arch.output_shape),
-                   sorted(folds.values()))
+                   sorted(folds.values()), ctx.convs)
