@@ -1,14 +1,16 @@
 """TVM llvm artifacts against PyTorch eager and ONNX Runtime, in one run on this machine.
 
     python benchmarks/tvm_backend.py [--models resnet50 ...] [--batches 1 8] [--rounds 5]
-                                     [--repeats 3] [--trials 0] [--quick] [--json FILE]
+                                     [--repeats 3] [--trials 0 [--knobs]] [--no-eager]
+                                     [--quick] [--json FILE]
 
 --models takes any of the zoo's model names (`resdsl models` lists them; resolved as
 `resdsl.zoo.find` does). For each model and batch (at the spec's input size, 224x224 for
 the ImageNet models; the same weights everywhere) it builds the untuned TVM artifact
 (resdsl's hand-scheduled kernels; the build time is printed) and, when a tuning database
-tuning/<model>-b<batch>-llvm exists (or --trials N asks to make one with MetaSchedule), the
-tuned one; then measures PyTorch eager, ONNX Runtime (CPU provider, the model from resdsl's
+tuning/<model>-b<batch>-llvm exists (or --trials N asks to make one: with MetaSchedule, or
+with `--knobs` the knob search of `resdsl tune --knobs`), the tuned one; then measures
+PyTorch eager (unless --no-eager), ONNX Runtime (CPU provider, the model from resdsl's
 onnx backend), TVM untuned and TVM tuned.
 
 The machine is shared and noisy, so nothing is measured in one block: the runtimes take
@@ -205,21 +207,25 @@ def conv_kernels(arch, weights, batch: int, db: str | None = None):
 
 def measure(name, arch, batch, args, width):
     """Build, measure (interleaved) and print one model at one batch: its row."""
-    from resdsl.backends.tvm.tune import tune
+    from resdsl.backends.tvm.tune import knob_tune, tune
 
     model = arch.to_torch(seed=0).eval()
     weights = model.state_dict()
     x = np.random.default_rng(0).standard_normal((batch, *arch.input_shape), dtype=np.float32)
     xt = torch.from_numpy(x)
     out = ROOT / "build" / "bench" / f"{name}-b{batch}"
-    t = time.perf_counter()
-    built = build(arch, "llvm", weights=weights, batch=batch)
+    t = time.perf_counter()   # as `resdsl compile` takes: lowering, building, writing
+    write_artifact(build(arch, "llvm", weights=weights, batch=batch), out, force=True)
     build_s = time.perf_counter() - t
-    write_artifact(built, out, force=True)
     untuned = load_artifact(out)
     db = ROOT / "tuning" / f"{name}-b{batch}-llvm"
     if not db.exists() and args.trials:
-        tune(arch, "llvm", args.trials, str(db), batch=batch, weights=weights, progress=False)
+        if args.knobs:
+            knob_tune(arch, args.trials, str(db), batch=batch, weights=weights,
+                      progress=False)
+        else:
+            tune(arch, "llvm", args.trials, str(db), batch=batch, weights=weights,
+                 progress=False)
     tuned = None
     if db.exists():
         tuned_dir = ROOT / "build" / "bench" / f"{name}-b{batch}-tuned"
@@ -232,8 +238,8 @@ def measure(name, arch, batch, args, width):
     def eager():
         with torch.no_grad():
             model(xt)
-    entries = {"eager": timed(eager),
-               "ort": timed(lambda: sess.run(None, {feed: x})),
+    entries = {} if args.no_eager else {"eager": timed(eager)}
+    entries |= {"ort": timed(lambda: sess.run(None, {feed: x})),
                "untuned": timed(lambda: untuned(x))}
     if tuned is not None:
         entries["tuned"] = timed(lambda: tuned(x))
@@ -277,14 +283,17 @@ def measure(name, arch, batch, args, width):
         r = runtimes[key]
         return f"{r['median']:.1f} ({r['min']:.1f}-{r['max']:.1f})"
     ratio = runtimes["untuned"]["median"] / runtimes["ort"]["median"]
+    gain = (f"{runtimes['tuned']['median'] / runtimes['untuned']['median']:.2f}"
+            if "tuned" in runtimes else "-")
     print(f"{name:<{width}}{batch:>5} {build_s:>7.1f} {cell('eager'):>21} {cell('ort'):>21} "
-          f"{cell('untuned'):>21} {cell('tuned'):>21} {ratio:>8.2f}", flush=True)
+          f"{cell('untuned'):>21} {cell('tuned'):>21} {ratio:>8.2f} {gain:>8}", flush=True)
     return row
 
 
 def _records(db: Path) -> int:
-    path = db / "database_tuning_record.json"
-    return sum(1 for _ in open(path)) if path.exists() else 0
+    """Records in a tuning database: MetaSchedule's and the knob search's."""
+    paths = [db / "database_tuning_record.json", db / "resdsl_knobs.json"]
+    return sum(sum(1 for _ in open(p)) for p in paths if p.exists())
 
 
 def print_classes(rows, width) -> None:
@@ -318,6 +327,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--trials", type=int, default=0,
                         help="MetaSchedule trials to make a tuning database with when a "
                              "model has none yet (default 0: only existing databases)")
+    parser.add_argument("--knobs", action="store_true",
+                        help="make missing databases with the knob search (`resdsl tune "
+                             "--knobs`) instead of MetaSchedule")
+    parser.add_argument("--no-eager", action="store_true",
+                        help="leave PyTorch eager out (on a loaded 2-core machine its two "
+                             "OpenMP threads can take seconds a call)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: resnet20, batch 1, 2 rounds of 2 calls")
     parser.add_argument("--json", metavar="FILE", default=None,
@@ -343,14 +358,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"{torch.__version__} with {torch.get_num_threads()} threads; "
           f"{args.rounds} rounds x {args.repeats} calls, interleaved")
     print(f"{'model':<{width}}{'batch':>5} {'build s':>7} {'eager ms':>21} {'ORT ms':>21} "
-          f"{'TVM untuned ms':>21} {'TVM tuned ms':>21} {'TVM/ORT':>8}")
+          f"{'TVM untuned ms':>21} {'TVM tuned ms':>21} {'TVM/ORT':>8} {'tuned/un':>8}")
     rows = []
     for name in args.models:
         arch = resdsl.load(specs[name])
         for batch in args.batches:
             rows.append(measure(name, arch, batch, args, width))
     print("(median (min-max) ms over the interleaved calls; build s: the untuned llvm "
-          "build; TVM/ORT: untuned median over ORT median)")
+          "build and writing its artifact; TVM/ORT: untuned median over ORT median; "
+          "tuned/un: tuned median over untuned median)")
     print_classes(rows, width)
     out = Path(args.json) if args.json else ROOT / "build" / "bench" / "tvm_backend.json"
     out.parent.mkdir(parents=True, exist_ok=True)
