@@ -24,7 +24,8 @@ from typing import Any
 
 from resdsl.backends.tvm.compile import (KNOB_FILE, best_candidates, default_weights,
                                          lower_for, prepare)
-from resdsl.backends.tvm.kernels import ConvPlan, apply_conv_schedule
+from resdsl.backends.tvm.kernels import (ConvPlan, apply_conv_schedule, candidate_plans,
+                                         conv_func, pack_weights)
 from resdsl.backends.tvm.target import host_cpu, make_target
 from resdsl.errors import ResdslError
 
@@ -224,7 +225,6 @@ class _KernelBench:
     def build(self, plan: ConvPlan):
         import tvm
 
-        from resdsl.backends.tvm.kernels import conv_func, pack_weights
         func = conv_func(*self.task.args[:10], plan, *self.task.args[10:])
         lib = tvm.compile(tvm.IRModule({"main": func}), target=self.target)
         groups = self.task.args[9]
@@ -279,7 +279,6 @@ class _KernelBench:
 
 def knob_tasks(arch, weights: dict, batch: int, target) -> list[_KnobTask]:
     """The model's convolution kernels as search tasks, with their candidate blockings."""
-    from resdsl.backends.tvm.kernels import candidate_plans
     lowered = lower_for(arch, weights, target, batch)
     lanes = host_cpu().vector_lanes
     tasks = []
