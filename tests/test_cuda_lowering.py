@@ -20,22 +20,7 @@ from resdsl.backends.tvm.compile import lower_for  # noqa: E402
 from resdsl.backends.tvm.cuda import (convs_to_gemm, gemm_schedule_report,  # noqa: E402
                                       lower_cuda)
 from resdsl.backends.tvm.target import make_target  # noqa: E402
-
-
-def torch_model(arch, seed=0):
-    """The torch backend's module with non-trivial batch-norm statistics (so the folded
-    biases are not zero)."""
-    model = arch.to_torch(seed=seed).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.weight.copy_(0.4 * torch.rand(n, generator=gen) + 0.2)
-                m.bias.copy_(0.2 * torch.rand(n, generator=gen) - 0.1)
-    return model
+from tests.test_tvm_backend import torch_model  # noqa: E402  (batch norms with real statistics)
 
 
 def conv_ops(mod) -> int:
