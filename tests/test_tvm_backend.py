@@ -262,6 +262,45 @@ def test_half_register_plan_computes_the_grouped_convolution(groups):
     np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("n,cin,h,w,f,stride,symbolic,change", [
+    (2, 64, 12, 12, 96, 1, False, {}),                # packed chunks of the input
+    (2, 64, 12, 12, 96, 1, True, {}),                 # symbolic input channels (DenseNet)
+    (1, 128, 7, 7, 64, 1, False, {"rcb": 32}),        # the reduction in chunks
+    (2, 32, 15, 15, 48, 2, False, {}),                # strided: gathered pixels, odd sizes
+    (1, 64, 14, 14, 128, 2, False, {"rcb": 16}),
+    (1, 48, 9, 11, 40, 3, False, {}),                 # stride 3, padded output channels
+])
+def test_pointwise_kernel_matches_torch(n, cin, h, w, f, stride, symbolic, change):
+    """A 1x1 convolution computed as a matrix product over its (possibly strided) pixels:
+    each task packs (or gathers) its chunk of the input first. With bias, residual add and
+    ReLU, against torch."""
+    import dataclasses
+
+    from resdsl.backends.tvm.kernels import conv_func, pack_weights, plan_pointwise
+    from resdsl.backends.tvm.target import make_target
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    plan = dataclasses.replace(plan_pointwise(f, cin, 1, oh * ow, 16), **change)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, cin, h, w), dtype=np.float32)
+    wt = rng.standard_normal((f, cin, 1, 1), dtype=np.float32)
+    b = rng.standard_normal(f, dtype=np.float32)
+    res = rng.standard_normal((n, f, 1, oh * ow), dtype=np.float32)
+    sub = (h, w, stride) if stride > 1 else None
+    func = conv_func(n, None if symbolic else cin, 1, oh * ow, f, 1, 1, 0, 1, 1, plan,
+                     True, True, subsample=sub)
+    kernel = tvm.compile(tvm.IRModule({"main": func}), target=make_target("llvm")).jit()
+    dev = tvm.cpu(0)
+    out = tvm.runtime.tensor(np.zeros((n, f, 1, oh * ow), np.float32), dev)
+    data = x if sub else x.reshape(n, cin, 1, h * w)
+    kernel["main"](*[tvm.runtime.tensor(a, dev) for a in
+                     (data, pack_weights(wt, 1, plan), b, res)], out)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt),
+                                     torch.from_numpy(b), stride=stride)
+    ref = torch.relu(ref + torch.from_numpy(res).reshape(n, f, oh, ow))
+    np.testing.assert_allclose(out.numpy().reshape(n, f, oh, ow), ref.numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_block_diagonal_packing_matches_grouped_convolution():
     from resdsl.backends.tvm.kernels import pack_weights, plan_conv
     w = np.random.default_rng(0).standard_normal((16, 2, 3, 3), dtype=np.float32)  # 8 groups

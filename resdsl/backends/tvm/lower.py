@@ -465,13 +465,18 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     a = g.nodes[name]["attrs"]
     (src,) = inputs_of(g, name)
     cin, h, w = g.nodes[src]["shape"]
+    h_in, w_in = h, w
     f, oh, ow = g.nodes[name]["shape"]
     # a 1x1 stride-1 convolution is a matrix product over the H*W pixels: computed on
-    # (zero-copy) reshaped views as one row of H*W columns
-    pointwise = a.k == 1 and a.s == 1 and a.p == 0 and h * w > ow
+    # (zero-copy) reshaped views as one row of H*W columns. A strided 1x1 one (the
+    # downsampling shortcut) is the same product over a strided slice of its input: read
+    # in place, its rows of every other pixel wasted half of each cache line it loaded
+    s = a.s
+    subsample = a.k == 1 and a.p == 0 and s > 1 and oh * ow > ow
+    pointwise = a.k == 1 and a.p == 0 and (s == 1 or subsample) and oh * ow > ow
     if pointwise:
-        plan = plan_pointwise(f, cin, a.groups, h * w, lanes)
-        h, w, oh, ow = 1, h * w, 1, h * w
+        plan = plan_pointwise(f, cin, a.groups, oh * ow, lanes)
+        h, w, oh, ow, s = 1, oh * ow, 1, oh * ow, 1
     else:
         plan = plan_conv(f, cin, a.groups, ow, lanes)
     if plan is None:
@@ -485,7 +490,7 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     if task in ctx.convs:
         ctx.convs[task]["calls"] += 1
     else:
-        ctx.convs[task] = {"args": (ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups,
+        ctx.convs[task] = {"args": (ctx.batch, cin, h, w, f, a.k, s, a.p, a.d, a.groups,
                                     fused.residual is not None, fused.relu),
                            "plan": plan, "calls": 1, "width": ow}
     wt = ctx.weight(f"{name}.weight")
@@ -498,13 +503,15 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
         b = b * scale + shift
     # one kernel for the 1x1 convolutions that differ only in their input channels
     # (DenseNet: one width per layer), unless tuning (a task per shape)
-    generic = pointwise and a.groups == 1 and not tunable and ctx.shared
-    key = (ctx.batch, None if generic else cin, h, w, f, a.k, a.s, a.p, a.d, a.groups,
+    generic = pointwise and not subsample and a.groups == 1 and not tunable and ctx.shared
+    key = (ctx.batch, None if generic else cin, h, w, f, a.k, s, a.p, a.d, a.groups,
+           (h_in, w_in, a.s) if subsample else None,
            replace(plan, cb=0) if generic else plan, fused.residual is not None, fused.relu)
     if key not in cache:
-        func = conv_func(ctx.batch, None if generic else cin, h, w, f, a.k, a.s, a.p, a.d,
+        func = conv_func(ctx.batch, None if generic else cin, h, w, f, a.k, s, a.p, a.d,
                          a.groups, plan, fused.residual is not None, fused.relu,
-                         schedule=not tunable)
+                         schedule=not tunable,
+                         subsample=(h_in, w_in, a.s) if subsample else None)
         fname = f"conv{len(cache)}_{f}x{'C' if generic else cin}k{a.k}s{a.s}"
         # opaque (op_pattern 8): operator fusion leaves the kernel whole, so its schedule
         # (or, when tuning, its hand schedule for untuned builds) still applies
@@ -529,7 +536,8 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
         if [int(v) for v in value.ty.shape] == list(shape):
             return value
         return bb.emit(relax.op.reshape(value, shape))
-    args = [view(values[src], cin), ctx.param(f"{name}.weight", pack_weights(wt, a.groups, plan)),
+    args = [values[src] if subsample else view(values[src], cin),
+            ctx.param(f"{name}.weight", pack_weights(wt, a.groups, plan)),
             ctx.param(f"{name}.bias", b)]
     if fused.residual is not None:
         args.append(view(values[fused.residual], f))
