@@ -26,6 +26,7 @@ import numpy as np
 
 FMA_LATENCY = 4  # cycles, on the x86 cores of the last decade
 POINTWISE_CHUNK = 28  # columns per task of a 1x1 convolution (measured: 16-32 are close)
+MIN_TASKS = 16        # parallel tasks a packed 1x1 convolution makes at least (where it can)
 
 
 def max_accumulators(lanes: int) -> int:
@@ -328,8 +329,15 @@ def _chunked_schedule(sch, plan: ConvPlan, b_acc, b_out, loops) -> None:
     xt = plan.xt
     xc_o, xc_i = sch.split(bx, [None, plan.xc])
     xo, xi = sch.split(xc_i, [None, xt])
-    sch.reorder(bn, by, xc_o, fo, xo, fi, xi)
-    task = sch.fuse(bn, by, xc_o)
+    # enough parallel tasks for every core even at batch 1 on a 7x7 plane: where the
+    # chunks are few, the blocks of output channels are split between tasks too
+    blocks = int(sch.get(fo).extent)
+    tasks = int(sch.get(bn).extent) * int(sch.get(by).extent) * int(sch.get(xc_o).extent)
+    split = next(d for d in range(1, blocks + 1) if blocks % d == 0
+                 and (tasks * d >= MIN_TASKS or d == blocks))
+    fo_o, fo = sch.split(fo, [split, None])
+    sch.reorder(bn, by, xc_o, fo_o, fo, xo, fi, xi)
+    task = sch.fuse(bn, by, xc_o, fo_o)
     sch.parallel(task)
     sch.compute_at(b_acc, fo, preserve_unit_loops=True)
     sch.set_scope(b_acc, 0, "local")
