@@ -268,7 +268,10 @@ def test_half_register_plan_computes_the_grouped_convolution(groups):
     (1, 128, 7, 7, 64, 1, False, {"rcb": 32}),        # the reduction in chunks
     (2, 32, 15, 15, 48, 2, False, {}),                # strided: gathered pixels, odd sizes
     (1, 64, 14, 14, 128, 2, False, {"rcb": 16}),
-    (1, 48, 9, 11, 40, 3, False, {}),                 # stride 3, padded output channels
+    (1, 48, 9, 11, 40, 3, False, {}),                 # stride 3, padded columns
+    (1, 640, 7, 7, 48, 1, False, {}),                 # channel-vectorised, padded channels
+    (1, 576, 9, 9, 40, 2, True, {"rcb": 64}),
+    (1, 576, 9, 9, 40, 2, False, {"rcb": 64}),
 ])
 def test_pointwise_kernel_matches_torch(n, cin, h, w, f, stride, symbolic, change):
     """A 1x1 convolution computed as a matrix product over its (possibly strided) pixels:
@@ -509,6 +512,48 @@ def test_candidate_plans_are_valid_blockings():
         assert cands and hand not in cands and len(set(cands)) == len(cands)
         lanes = args[4]
         for c in cands:
-            assert c.ow_padded % c.xt == 0 and c.ow_padded >= args[3]
-            assert c.xt * max(1, c.fb // lanes) <= max_accumulators(lanes)
-            assert c.xc == 0 or (c.xc % c.xt == 0 and c.ow_padded % c.xc == 0)
+            unit = c.xt * (c.xvec or 1)              # columns of a register tile
+            assert c.ow_padded % unit == 0 and c.ow_padded >= args[3]
+            registers = c.xt * (c.fb if c.xvec else max(1, c.fb // lanes))
+            assert registers <= max_accumulators(lanes)
+            assert c.xc == 0 or (c.xc % unit == 0 and c.ow_padded % c.xc == 0)
+            assert not c.xvec or (c.xvec == lanes and c.xc and args[5] == 1)
+
+
+@pytest.mark.parametrize("f,cin,groups,width,k,stride", [
+    (64, 64, 1, 196, 1, 1),       # a 1x1 product (column-vectorised by hand)
+    (48, 640, 1, 49, 1, 1),       # a 1x1 product, channel-vectorised by hand
+    (32, 32, 1, 10, 3, 1),        # a 3x3 convolution
+    (64, 64, 16, 9, 3, 2),        # grouped, strided
+])
+def test_every_candidate_plan_computes_the_convolution(f, cin, groups, width, k, stride):
+    """The knob search may apply any candidate: each one compiles and computes the same
+    convolution (bias, residual, ReLU) as torch."""
+    from resdsl.backends.tvm.kernels import (candidate_plans, conv_func, pack_weights,
+                                             plan_conv, plan_pointwise)
+    from resdsl.backends.tvm.target import make_target
+    lanes, n, pad = 16, 1, k // 2
+    h = w = width if k > 1 else 1
+    if k == 1:
+        hand = plan_pointwise(f, cin, groups, width, lanes)
+        h, w = 1, width
+    else:
+        hand = plan_conv(f, cin, groups, (w + 2 * pad - k) // stride + 1, lanes)
+    oh = (h + 2 * pad - k) // stride + 1
+    ow = (w + 2 * pad - k) // stride + 1
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((n, cin, h, w), dtype=np.float32)
+    wt = rng.standard_normal((f, cin // groups, k, k), dtype=np.float32)
+    b = rng.standard_normal(f, dtype=np.float32)
+    res = rng.standard_normal((n, f, oh, ow), dtype=np.float32)
+    ref = torch.relu(torch.nn.functional.conv2d(
+        torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(b), stride=stride,
+        padding=pad, groups=groups) + torch.from_numpy(res)).numpy()
+    target = make_target("llvm")
+    for plan in [hand] + candidate_plans(hand, f, cin, groups, ow, lanes, k):
+        func = conv_func(n, cin, h, w, f, k, stride, pad, 1, groups, plan, True, True)
+        kernel = tvm.compile(tvm.IRModule({"main": func}), target=target).jit()
+        out = tvm.runtime.tensor(np.zeros((n, f, oh, ow), np.float32))
+        kernel["main"](*[tvm.runtime.tensor(a) for a in
+                         (x, pack_weights(wt, groups, plan), b, res)], out)
+        np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4, err_msg=str(plan))

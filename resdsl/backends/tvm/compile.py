@@ -58,15 +58,21 @@ def compile_module(arch, weights: dict, target, batch: int = 1, db: str | None =
     mod = lowered.mod
     if records:
         mod = apply_database(mod, target, db)
-    elif target.kind.name == "llvm":
-        mod = prepare(mod, target)
-    if target.kind.name == "llvm":
-        mod = _parallelize_rest(_drop_reshapes(mod))
+        if llvm:
+            mod = _parallelize_rest(_drop_reshapes(mod))
+    elif llvm:
+        mod = llvm_module(mod, target)
     stage(f"building for {target.kind.name}"
           + (f" ({target.arch})" if target.kind.name == "cuda" else ""))
     with target:
         ex = tvm.compile(mod, target=target)
     return ex, lowered
+
+
+def llvm_module(mod, target):
+    """The lowered module ready for an llvm build without a tuning database: the fusion
+    passes, reshapes as views, the generic parallel schedule for what is left."""
+    return _parallelize_rest(_drop_reshapes(prepare(mod, target)))
 
 
 def _has_records(db) -> bool:

@@ -26,6 +26,8 @@ import numpy as np
 
 FMA_LATENCY = 4  # cycles, on the x86 cores of the last decade
 POINTWISE_CHUNK = 28  # columns per task of a 1x1 convolution (measured: 16-32 are close)
+XVEC_MAX_CIN = 512    # 1x1 products up to this many input channels vectorise the columns
+XVEC_CHANNELS = {False: 4, True: 8}   # output channels of such a tile: AVX2, AVX-512
 MIN_TASKS = 16        # parallel tasks a packed 1x1 convolution makes at least (where it can)
 
 
@@ -49,6 +51,8 @@ class ConvPlan:
     xc: int = 0         # columns per parallel chunk (0: whole rows), a multiple of xt
     rcb: int = 0        # input channels per reduction chunk (0: no chunking)
     uk: int = 0         # kernel-window loops unrolled: 0 none, 1 the columns, 2 both
+    xvec: int = 0       # 1x1 products vectorised along the columns, this many lanes: a
+    #                     tile is FB output channels (broadcast weights) by XT vectors
 
     def base(self, fo, cin_per_group: int):
         """First input channel read by block `fo` (a TE expression or an int)."""
@@ -109,6 +113,13 @@ def plan_pointwise(f: int, cin: int, groups: int, columns: int, lanes: int) -> C
     one row of `columns`: a matrix product. The columns are split into parallel chunks of
     about 28 (a whole number of tiles), so each task's inputs stay in cache while every
     block of output channels reads them."""
+    if groups == 1 and cin <= XVEC_MAX_CIN and f % XVEC_CHANNELS[lanes >= 16] == 0:
+        fr, tile = XVEC_CHANNELS[lanes >= 16], 2 * lanes
+        owp = -(-columns // tile) * tile
+        tiles = owp // tile
+        d = min((d for d in range(1, tiles + 1) if tiles % d == 0),
+                key=lambda d: (abs(tile * d - POINTWISE_CHUNK), -d))
+        return ConvPlan(fr, 2, cin, f, f, False, owp, tile * d, 0, 0, lanes)
     plan = plan_conv(f, cin, groups, columns, lanes)
     if plan is None:
         return None
@@ -185,18 +196,26 @@ def conv_func(n: int, cin: int | None, h: int, w: int, f: int, k: int, s: int, p
     rc = te.reduce_axis((0, cb), "rc")
     ry = te.reduce_axis((0, k), "ry")
     rx = te.reduce_axis((0, k), "rx")
-    acc = te.compute(
-        (n, plan.f_padded // fb, oh, owp, fb),
-        lambda b, fo, y, x, fi: te.sum(
-            pad[b, plan.base(fo, cg) + rc, y * s + ry * d, x * s + rx * d]
-            * wp[fo, rc, ry, rx, fi], axis=[rc, ry, rx]), name="acc")
+    if plan.xvec:   # [.., channel, column]: the columns are the vector lanes
+        acc = te.compute(
+            (n, plan.f_padded // fb, oh, fb, owp),
+            lambda b, fo, y, fi, x: te.sum(
+                pad[b, plan.base(fo, cg) + rc, y * s + ry * d, x * s + rx * d]
+                * wp[fo, rc, ry, rx, fi], axis=[rc, ry, rx]), name="acc")
+    else:
+        acc = te.compute(
+            (n, plan.f_padded // fb, oh, owp, fb),
+            lambda b, fo, y, x, fi: te.sum(
+                pad[b, plan.base(fo, cg) + rc, y * s + ry * d, x * s + rx * d]
+                * wp[fo, rc, ry, rx, fi], axis=[rc, ry, rx]), name="acc")
     res = None
     if residual:
         res = te.placeholder((n, f, oh, ow), "float32", name="residual")
         inputs.append(res)
 
     def epilogue(b, c, y, x):
-        v = acc[b, c // fb, y, x, c % fb] + bias[c]
+        v = (acc[b, c // fb, y, c % fb, x] if plan.xvec else acc[b, c // fb, y, x, c % fb]) \
+            + bias[c]
         if res is not None:
             v = v + res[b, c, y, x]
         return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
@@ -268,12 +287,13 @@ def candidate_plans(hand: ConvPlan, f: int, cin: int, groups: int, width: int, l
             out.append(plan)
 
     def chunks(plan):
-        tiles = plan.ow_padded // plan.xt
-        return [plan.xt * d for d in range(1, tiles) if tiles % d == 0
-                and 8 <= plan.xt * d <= 128]
+        unit = plan.xt * (plan.xvec or 1)          # columns of one register tile
+        tiles = plan.ow_padded // unit
+        return [unit * d for d in range(1, tiles) if tiles % d == 0
+                and 8 <= unit * d <= 128]
 
     variants = []
-    for xc in chunks(hand) + ([0] if hand.xc else []):
+    for xc in chunks(hand) + ([0] if hand.xc and not hand.xvec else []):
         variants.append(replace(hand, xc=xc, rcb=0))
     if hand.xc:
         for rcb in (32, 64, 128, 256):
@@ -308,6 +328,16 @@ def candidate_plans(hand: ConvPlan, f: int, cin: int, groups: int, width: int, l
             tiles.append((cost, plan))
     tiles.sort(key=lambda t: t[0])
     ranked = [p for _, p in tiles[:6]]
+    if hand.xc and k == 1 and groups == 1:   # column-vectorised tiles of a 1x1 product
+        shapes = [(8, 2), (4, 4), (4, 2), (8, 1)] if lanes >= 16 else [(4, 2), (2, 4), (8, 1)]
+        for fr, xv in shapes:
+            if f % fr:
+                continue
+            unit = xv * lanes
+            owp = -(-width // unit) * unit
+            plan = ConvPlan(fr, xv, cin, f, f, False, owp, 0, 0, 0, lanes)
+            near = chunks(replace(plan, xc=unit)) or [owp]
+            ranked.insert(1, replace(plan, xc=min(near, key=lambda c: abs(c - hand.xc))))
     # alternate the two kinds, so a small budget tries some of each
     for i in range(max(len(variants), len(ranked))):
         for group in (variants, ranked):
@@ -326,9 +356,9 @@ def _chunked_schedule(sch, plan: ConvPlan, b_acc, b_out, loops) -> None:
     which maps every row into a sixteenth of L1's sets, and ResNet-50's first-stage 1x1
     convolutions ran at a third of the speed of the later ones."""
     bn, fo, fi, by, bx = loops
-    xt = plan.xt
+    tile = plan.xt * (plan.xvec or 1)
     xc_o, xc_i = sch.split(bx, [None, plan.xc])
-    xo, xi = sch.split(xc_i, [None, xt])
+    xo, xi = sch.split(xc_i, [None, tile])
     # enough parallel tasks for every core even at batch 1 on a 7x7 plane: where the
     # chunks are few, the blocks of output channels are split between tasks too
     blocks = int(sch.get(fo).extent)
@@ -339,15 +369,28 @@ def _chunked_schedule(sch, plan: ConvPlan, b_acc, b_out, loops) -> None:
     sch.reorder(bn, by, xc_o, fo_o, fo, xo, fi, xi)
     task = sch.fuse(bn, by, xc_o, fo_o)
     sch.parallel(task)
-    sch.compute_at(b_acc, fo, preserve_unit_loops=True)
-    sch.set_scope(b_acc, 0, "local")
-    gather = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
-              if sch.get(b).name_hint == "subsample"]
-    b_pack = gather[0] if gather else sch.cache_read(b_acc, 0, "global")
+    # a column-vectorised tile with a chunked reduction keeps the task's accumulators
+    # (all its output channels) in a buffer across the chunks
+    task_acc = plan.xvec and plan.rcb and plan.rcb < plan.cb
+    sch.compute_at(b_acc, task if task_acc else fo, preserve_unit_loops=True)
+    sch.set_scope(b_acc, 0, "global" if task_acc else "local")
+    b_pack = sch.cache_read(b_acc, 0, "global")
+    # the packing reads the input itself: the strided gather and the zero columns past
+    # the input (a padded width) are computed into the packed chunk, not as passes of
+    # their own over the whole tensor
+    for b in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(b).name_hint == "pad":
+            sch.compute_inline(b)
+    for b in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(b).name_hint == "subsample":
+            sch.compute_inline(b)
     sch.compute_at(b_pack, task, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(b_pack)[-1])
+    if plan.xvec:
+        _xvec_tiles(sch, plan, b_acc, xi, task_acc)
+        return
     a_x, a_fi, a_rc, a_ry, a_rx = sch.get_loops(b_acc)[-5:]
-    a_xo, a_xi = sch.split(a_x, [None, xt])
+    a_xo, a_xi = sch.split(a_x, [None, plan.xt])
     if plan.rcb and plan.rcb < plan.cb:
         a_rco, a_rci = sch.split(a_rc, [None, plan.rcb])
         sch.reorder(a_rco, a_xo, a_rci, a_ry, a_rx, a_xi, a_fi)
@@ -360,10 +403,40 @@ def _chunked_schedule(sch, plan: ConvPlan, b_acc, b_out, loops) -> None:
     sch.vectorize(a_fi)
     sch.decompose_reduction(b_acc, first)
     sch.vectorize(xi)
-    for b_pad in [b for b in sch.get_child_blocks(sch.get_sblock("root"))
-                  if sch.get(b).name_hint == "pad"]:
-        pl = sch.get_loops(b_pad)
-        sch.parallel(sch.fuse(pl[0], pl[1]))
+
+
+def _xvec_tiles(sch, plan: ConvPlan, b_acc, xi, task_acc) -> None:
+    """The tiles of a column-vectorised 1x1 kernel: FB output channels by XT vectors of
+    columns accumulate in registers; per input channel the tile loads XT vectors of the
+    packed input and broadcasts FB weights. The epilogue then stores whole vectors along
+    NCHW rows (the channel-vectorised tile must transpose its registers into rows: for a
+    64-channel reduction that cost a third of the kernel)."""
+    lanes = plan.xvec
+    if task_acc:   # chunk of the reduction outermost: the packed input's rows of one
+        #            chunk stay in L1 while every block of output channels reads them
+        a_fo, a_y, a_fi, a_x, a_rc, a_ry, a_rx = sch.get_loops(b_acc)[-7:]
+        a_xo, a_xv, a_xl = sch.split(a_x, [None, plan.xt, lanes])
+        a_rco, a_rci = sch.split(a_rc, [None, plan.rcb])
+        sch.reorder(a_rco, a_fo, a_y, a_xo, a_rci, a_ry, a_rx, a_fi, a_xv, a_xl)
+        first = a_rco
+    else:
+        a_fi, a_x, a_rc, a_ry, a_rx = sch.get_loops(b_acc)[-5:]
+        a_xo, a_xv, a_xl = sch.split(a_x, [None, plan.xt, lanes])
+    if task_acc:
+        pass
+    elif plan.rcb and plan.rcb < plan.cb:
+        a_rco, a_rci = sch.split(a_rc, [None, plan.rcb])
+        sch.reorder(a_rco, a_xo, a_rci, a_ry, a_rx, a_fi, a_xv, a_xl)
+        first = a_rco
+    else:
+        sch.reorder(a_xo, a_rc, a_ry, a_rx, a_fi, a_xv, a_xl)
+        first = a_xo
+    sch.unroll(a_fi)
+    sch.unroll(a_xv)
+    sch.vectorize(a_xl)
+    sch.decompose_reduction(b_acc, first)
+    _, xl = sch.split(xi, [None, lanes])
+    sch.vectorize(xl)
 
 
 @dataclass(frozen=True)

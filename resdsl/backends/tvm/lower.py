@@ -42,6 +42,7 @@ class Lowered:
     output_shape: tuple[int, ...]
     folded: list[str] = field(default_factory=list)   # batch norms folded into convs
     convs: dict = field(default_factory=dict)         # conv kernels by task key (llvm)
+    conv_calls: list = field(default_factory=list)    # (task key, kernel) of each conv call
 
 
 def _np(t) -> np.ndarray:
@@ -67,6 +68,7 @@ class _Ctx:
         self.shared = True              # kernels shared across input-channel counts
         self.plans: dict = {}           # conv task key -> ConvPlan chosen by tuning
         self.convs: dict = {}           # conv task key -> its kernel's arguments, plan, calls
+        self.conv_calls: list = []      # task key of every kernel call, in the order emitted
 
     def weight(self, key: str) -> np.ndarray:
         return _np(self.weights[key])
@@ -542,6 +544,7 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     if fused.residual is not None:
         args.append(view(values[fused.residual], f))
     call = relax.call_tir(cache[key], args, relax.TensorType((ctx.batch, f, oh, ow), "float32"))
+    ctx.conv_calls.append((task, cache[key].name_hint))
     if pointwise:
         call = relax.op.reshape(bb.emit(call), (ctx.batch, f) + tuple(g.nodes[name]["shape"][1:]))
     return call
@@ -633,4 +636,4 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
         bb.emit_func_output(out, params=[x] + [ctx.vars[n] for n in names])
     mod = bb.get()
     return Lowered(mod, names, ctx.params, in_shape, (batch, *arch.output_shape),
-                   sorted(folds.values()), ctx.convs)
+                   sorted(folds.values()), ctx.convs, ctx.conv_calls)

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from resdsl.backends.tvm.compile import (KNOB_FILE, best_candidates, default_weights,
-                                         lower_for, prepare)
-from resdsl.backends.tvm.kernels import (ConvPlan, apply_conv_schedule, candidate_plans,
-                                         conv_func, pack_weights)
+                                         llvm_module, lower_for, prepare)
+from resdsl.backends.tvm.kernels import (ConvPlan, apply_conv_schedule, candidate_plans)
 from resdsl.backends.tvm.target import host_cpu, make_target
 from resdsl.errors import ResdslError
 
@@ -191,7 +190,7 @@ def tunable_tasks(mod, target) -> list[str]:
     return names
 
 
-# --- the knob search: the hand kernels' own blockings, measured ---------------------------
+# --- the knob search: the hand kernels' own blockings, measured in the network ------------
 
 @dataclass
 class _KnobTask:
@@ -202,79 +201,50 @@ class _KnobTask:
     candidates: list
 
 
-class _KernelBench:
-    """Compile one convolution kernel for a plan, check it against the hand kernel's
-    output, and time it (and the hand kernel right after it: the ratio is what counts on
-    a noisy machine)."""
+class _Network:
+    """The whole network built with some blockings, run under the VM's instrument so that
+    every convolution call is timed where it runs: its input fresh from the layer before,
+    its weights from memory, the other layers around it. Timed alone with a warm cache,
+    kernels gained up to 25% that did not show in the network."""
 
-    def __init__(self, target, task: _KnobTask) -> None:
-        import numpy as np
-        self.np, self.target, self.task = np, target, task
-        n, cin, h, w, f, k, s, p, d, groups, residual, relu = task.args
-        rng = np.random.default_rng(0)
-        oh = (h + 2 * p - d * (k - 1) - 1) // s + 1
-        ow = (w + 2 * p - d * (k - 1) - 1) // s + 1
-        self.data = rng.standard_normal((n, cin, h, w), dtype=np.float32)
-        self.weight = rng.standard_normal((f, cin // groups, k, k), dtype=np.float32)
-        self.bias = rng.standard_normal(f, dtype=np.float32)
-        self.res = rng.standard_normal((n, f, oh, ow), dtype=np.float32) if residual else None
-        self.out_shape = (n, f, oh, ow)
-        self.hand = self.build(task.hand)
-        self.ref = self.run_once(self.hand)
-
-    def build(self, plan: ConvPlan):
-        import tvm
-
-        func = conv_func(*self.task.args[:10], plan, *self.task.args[10:])
-        lib = tvm.compile(tvm.IRModule({"main": func}), target=self.target)
-        groups = self.task.args[9]
-        args = [self.data, pack_weights(self.weight, groups, plan), self.bias]
-        if self.res is not None:
-            args.append(self.res)
-        args = [tvm.runtime.tensor(a) for a in args]
-        args.append(tvm.runtime.tensor(self.np.zeros(self.out_shape, self.np.float32)))
-        return lib, args
-
-    def run_once(self, built):
-        lib, args = built
-        lib["main"](*args)
-        return args[-1].numpy()
-
-    def time(self, built) -> float:
-        """Median ms of a call, the caches flushed of everything but the input before
-        each (inside the network each layer's weights come from memory, once)."""
-        import statistics
+    def __init__(self, arch, weights: dict, target, batch: int, plans: dict, x) -> None:
+        import time
 
         import tvm
-        lib, args = built
-        once = lib.mod.time_evaluator("main", tvm.cpu(), number=1, repeat=1)
-        est = max(float(once(*args).mean), 1e-6)
-        timer = lib.mod.time_evaluator("main", tvm.cpu(), number=1,
-                                       repeat=max(3, min(20, int(0.01 / est))),
-                                       f_preproc="cache_flush_cpu_non_first_arg")
-        return statistics.median(timer(*args).results) * 1e3
+        from tvm import relax
+        lowered = lower_for(arch, weights, target, batch, plans=plans)
+        mod = llvm_module(lowered.mod, target)
+        with target:
+            executable = tvm.compile(mod, target=target)
+        dev = tvm.cpu()
+        vm = relax.VirtualMachine(executable, dev)
+        self.plans = {key: c["plan"] for key, c in lowered.convs.items()}
+        self.calls = list(lowered.conv_calls)
+        self._main = vm["main"]
+        self._args = [tvm.runtime.tensor(x, dev)] + [
+            tvm.runtime.tensor(lowered.params[name], dev) for name in lowered.param_names]
+        kernels = {name for _, name in self.calls}
+        ticks: list = []
+        self._ticks = ticks
 
-    def measure(self, plan: ConvPlan, pairs: int = 4) -> dict:
-        """The candidate against the hand kernel: `pairs` measurements of each, taking
-        turns; the ratio is the median of the pairs' ratios (this machine's load moves a
-        kernel's time by several times within a minute; within a pair it mostly cancels)."""
-        import statistics
-        built = self.build(plan)
-        got = self.run_once(built)
-        scale = float(self.np.abs(self.ref).max()) or 1.0
-        if float(self.np.abs(got - self.ref).max()) > 1e-4 * scale:
-            return {"ok": False, "ms": 0.0, "hand_ms": 1.0, "error": "wrong result"}
-        ms, hand_ms = [], []
-        for i in range(pairs):
-            if i % 2:
-                ms.append(self.time(built))
-                hand_ms.append(self.time(self.hand))
-            else:
-                hand_ms.append(self.time(self.hand))
-                ms.append(self.time(built))
-        ratio = statistics.median(a / b for a, b in zip(ms, hand_ms))
-        return {"ok": True, "ms": statistics.median(ms), "hand_ms": statistics.median(hand_ms),
-                "ratio": ratio}
+        def instrument(func, symbol, before, ret, *args):
+            if symbol in kernels:
+                ticks.append((symbol, time.perf_counter()))
+            return 0
+        vm.set_instrument(instrument)
+
+    def run(self):
+        """One call of the network: (seconds of each task, summed over its calls; output)."""
+        self._ticks.clear()
+        out = self._main(*self._args).numpy()
+        ticks = self._ticks
+        if len(ticks) != 2 * len(self.calls) or any(
+                ticks[2 * i][0] != name for i, (_, name) in enumerate(self.calls)):
+            raise RuntimeError("the convolution calls did not run in the order lowered")
+        per: dict[str, float] = {}
+        for i, (task, _) in enumerate(self.calls):
+            per[task] = per.get(task, 0.0) + ticks[2 * i + 1][1] - ticks[2 * i][1]
+        return per, out
 
 
 def knob_tasks(arch, weights: dict, batch: int, target) -> list[_KnobTask]:
@@ -292,17 +262,46 @@ def knob_tasks(arch, weights: dict, batch: int, target) -> list[_KnobTask]:
 def knob_tune(arch, trials: int, db: str, *, batch: int = 1, weights: dict | None = None,
               progress: bool = True) -> TuneReport:
     """Measure up to `trials` other blockings of the model's convolution kernels (FB x XT
-    tiles, columns per parallel task, reduction chunks, unrolling), each checked against
-    the hand kernel's output and timed against it; the records go to DB/resdsl_knobs.json.
-    Resumes: candidates already recorded are not measured again. The candidates are spread
-    over the kernels in turns, the kernels that take the most MACs of the network first."""
+    tiles, column-vectorised tiles, columns per parallel task, reduction chunks,
+    unrolling) inside the network; the records go to DB/resdsl_knobs.json. Resumes:
+    candidates already recorded are not measured again.
+
+    Each round builds the whole network with the next candidate of every kernel at once
+    (one build measures as many candidates as the network has kernels), checks its output
+    against the hand build's, and runs the two builds in alternation: every kernel's
+    ratio is the median over the pairs of its time in the candidate build over its time
+    in the hand build, both measured in place. At the end the best candidate of each
+    kernel that beat its hand plan by 5% is measured again, all together in one build,
+    over twice as many pairs; only those confirmed there are applied by `compile --db`."""
     if trials < 1:
         raise ResdslError(f"--trials must be at least 1, got {trials}")
     with db_lock(db):
         return _knob_tune(arch, trials, db, batch=batch, weights=weights, progress=progress)
 
 
+def _recorded(path: Path, confirm: bool) -> set:
+    """(task, plan) pairs with a record in the knob file (only confirmations if `confirm`)."""
+    seen = set()
+    if not path.exists():
+        return seen
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            if not confirm or rec.get("confirm"):
+                seen.add((rec["task"], json.dumps(rec["plan"], sort_keys=True)))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue   # a torn last line of an interrupted run
+    return seen
+
+
+def _plan_id(plan: ConvPlan) -> str:
+    return json.dumps(dataclasses.asdict(plan), sort_keys=True)
+
+
 def _knob_tune(arch, trials, db, *, batch, weights, progress) -> TuneReport:
+    import statistics
+
+    import numpy as np
     from tqdm import tqdm
     target = make_target("llvm")
     weights = weights if weights is not None else default_weights(arch)
@@ -313,55 +312,75 @@ def _knob_tune(arch, trials, db, *, batch, weights, progress) -> TuneReport:
         return t.calls * f * cin // groups * k * k * h * w // (s * s)
     tasks.sort(key=macs, reverse=True)
     path = Path(db) / KNOB_FILE
-    done = set()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                done.add((rec["task"], json.dumps(rec["plan"], sort_keys=True)))
-            except (ValueError, KeyError, TypeError):
-                continue
-    queue = []   # (task, plan) in turns over the tasks
-    for i in range(max((len(t.candidates) for t in tasks), default=0)):
-        for t in tasks:
-            if i < len(t.candidates):
-                plan = t.candidates[i]
-                if (t.key, json.dumps(dataclasses.asdict(plan), sort_keys=True)) not in done:
-                    queue.append((t, plan))
-    queue = queue[:trials]
-    benches: dict[str, _KernelBench] = {}
-    bar = tqdm(total=len(queue), desc="tuning knobs", unit="trial", disable=not progress)
+    done = _recorded(path, confirm=False)
+    pending = {t.key: [p for p in t.candidates if (t.key, _plan_id(p)) not in done]
+               for t in tasks}
+    total = min(trials, sum(len(v) for v in pending.values()))
+    bar = tqdm(total=total, desc="tuning knobs", unit="trial", disable=not progress)
+    x = np.random.default_rng(0).standard_normal(
+        lower_for(arch, weights, target, batch).input_shape, dtype=np.float32)
+    hand = _Network(arch, weights, target, batch, {}, x)
+    _, ref = hand.run()
+    scale = float(np.abs(ref).max()) or 1.0
+    times = [hand.run()[0] for _ in range(3)]
+    seconds = statistics.median(sum(t.values()) for t in times)
+    pairs = max(4, min(10, int(2.0 / max(seconds, 1e-3))))   # about 4 s of runs a round
 
-    def measure(out, task, plan, **extra):
+    def measure(out, plans: dict, pairs: int, confirm: bool = False) -> None:
+        error = None
         try:
-            if task.key not in benches:
-                benches[task.key] = _KernelBench(target, task)
-            rec = benches[task.key].measure(plan, pairs=8 if extra else 4)
-        except Exception as err:  # noqa: BLE001 - a schedule TVM rejects
-            rec = {"ok": False, "ms": 0.0, "hand_ms": 1.0, "error": str(err)[:200]}
-        rec.update(task=task.key, plan=dataclasses.asdict(plan), **extra)
-        out.write(json.dumps(rec) + "\n")
+            cand = _Network(arch, weights, target, batch, plans, x)
+            if any(cand.plans.get(key) != plan for key, plan in plans.items()):
+                raise RuntimeError("a blocking was not applied")
+            _, got = cand.run()
+            if float(np.abs(got - ref).max()) > 1e-4 * scale:
+                raise RuntimeError("wrong result")
+        except Exception as err:  # noqa: BLE001 - a schedule TVM rejects, a wrong result
+            error = str(err)[:200]
+        ratios: dict = {key: [] for key in plans}
+        ms: dict = {key: [] for key in plans}
+        hand_ms: dict = {key: [] for key in plans}
+        for i in range(0 if error else pairs):
+            runs = {}
+            for name, net in ((("hand", hand), ("cand", cand)) if i % 2 == 0
+                              else (("cand", cand), ("hand", hand))):
+                runs[name] = net.run()[0]
+            for key in plans:
+                ratios[key].append(runs["cand"][key] / runs["hand"][key])
+                ms[key].append(runs["cand"][key] * 1e3)
+                hand_ms[key].append(runs["hand"][key] * 1e3)
+        for key, plan in plans.items():
+            rec = {"ok": error is None, "task": key, "plan": dataclasses.asdict(plan),
+                   "network": True}
+            if error is None:
+                rec.update(ms=statistics.median(ms[key]), hand_ms=statistics.median(hand_ms[key]),
+                           ratio=statistics.median(ratios[key]))
+            else:
+                rec.update(ms=0.0, hand_ms=1.0, error=error)
+            if confirm:
+                rec["confirm"] = True
+            out.write(json.dumps(rec) + "\n")
         out.flush()
+
+    measured = 0
     try:
         with open(path, "a") as out:
-            for task, plan in queue:
-                measure(out, task, plan)
-                bar.update(1)
-            # each kernel's best candidate, if it beat the hand plan, measured again (twice
-            # as long): only confirmed records are applied
-            by_key = {t.key: t for t in tasks}
-            confirmed = set()
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                    if rec.get("confirm"):
-                        confirmed.add((rec["task"], json.dumps(rec["plan"], sort_keys=True)))
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    continue
-            for key, plan in best_candidates(path, confirmed=False).items():
-                plan_id = json.dumps(dataclasses.asdict(plan), sort_keys=True)
-                if key in by_key and (key, plan_id) not in confirmed:
-                    measure(out, by_key[key], plan, confirm=True)
+            while measured < total:
+                plans = {}
+                for t in tasks:
+                    if measured < total and pending[t.key]:
+                        plans[t.key] = pending[t.key].pop(0)
+                        measured += 1
+                measure(out, plans, pairs)
+                bar.update(len(plans))
+            # each kernel's best candidate that beat its hand plan, all in one build,
+            # measured again over twice the pairs: only confirmed records are applied
+            keys = {t.key for t in tasks}
+            confirmed = _recorded(path, confirm=True)
+            best = {key: plan for key, plan in best_candidates(path, confirmed=False).items()
+                    if key in keys and (key, _plan_id(plan)) not in confirmed}
+            if best:
+                measure(out, best, 2 * pairs, confirm=True)
     finally:
         bar.close()
-    return TuneReport(len(tasks), len(queue), str(db))
+    return TuneReport(len(tasks), measured, str(db))
