@@ -290,7 +290,7 @@ def candidate_plans(hand: ConvPlan, f: int, cin: int, groups: int, width: int, l
         unit = plan.xt * (plan.xvec or 1)          # columns of one register tile
         tiles = plan.ow_padded // unit
         return [unit * d for d in range(1, tiles) if tiles % d == 0
-                and 8 <= unit * d <= 128]
+                and 8 <= unit * d <= (512 if k == 1 else 128)]
 
     variants = []
     for xc in chunks(hand) + ([0] if hand.xc and not hand.xvec else []):
