@@ -272,6 +272,10 @@ def test_half_register_plan_computes_the_grouped_convolution(groups):
     (1, 640, 7, 7, 48, 1, False, {}),                 # channel-vectorised, padded channels
     (1, 576, 9, 9, 40, 2, True, {"rcb": 64}),
     (1, 576, 9, 9, 40, 2, False, {"rcb": 64}),
+    (2, 64, 12, 12, 96, 1, False, {"pack": False}),   # read in place
+    (1, 64, 7, 7, 96, 1, False, {"pack": False}),     # padded columns, not packed
+    (2, 32, 15, 15, 48, 2, False, {"xvec": 16, "fb": 8, "xt": 2, "xc": 32,
+                                   "ow_padded": 64, "f_padded": 48}),  # gathered, by columns
 ])
 def test_pointwise_kernel_matches_torch(n, cin, h, w, f, stride, symbolic, change):
     """A 1x1 convolution computed as a matrix product over its (possibly strided) pixels:
@@ -282,7 +286,8 @@ def test_pointwise_kernel_matches_torch(n, cin, h, w, f, stride, symbolic, chang
     from resdsl.backends.tvm.kernels import conv_func, pack_weights, plan_pointwise
     from resdsl.backends.tvm.target import make_target
     oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
-    plan = dataclasses.replace(plan_pointwise(f, cin, 1, oh * ow, 16), **change)
+    plan = dataclasses.replace(plan_pointwise(f, cin, 1, oh * ow, 16, subsample=stride > 1),
+                               **change)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((n, cin, h, w), dtype=np.float32)
     wt = rng.standard_normal((f, cin, 1, 1), dtype=np.float32)

@@ -28,6 +28,7 @@ FMA_LATENCY = 4  # cycles, on the x86 cores of the last decade
 POINTWISE_CHUNK = 28  # columns per task of a 1x1 convolution (measured: 16-32 are close)
 XVEC_MAX_CIN = 512    # 1x1 products up to this many input channels vectorise the columns
 XVEC_CHANNELS = {False: 4, True: 8}   # output channels of such a tile: AVX2, AVX-512
+PACK_MIN_COLUMNS = 1024   # planes from this many pixels are packed (56x56: 196 lines apart)
 MIN_TASKS = 16        # parallel tasks a packed 1x1 convolution makes at least (where it can)
 
 
@@ -53,6 +54,7 @@ class ConvPlan:
     uk: int = 0         # kernel-window loops unrolled: 0 none, 1 the columns, 2 both
     xvec: int = 0       # 1x1 products vectorised along the columns, this many lanes: a
     #                     tile is FB output channels (broadcast weights) by XT vectors
+    pack: bool = True   # a chunked task copies its input chunk into a contiguous buffer
 
     def base(self, fo, cin_per_group: int):
         """First input channel read by block `fo` (a TE expression or an int)."""
@@ -108,25 +110,32 @@ def plan_conv(f: int, cin: int, groups: int, out_w: int, lanes: int) -> ConvPlan
     return best[1] if best else None
 
 
-def plan_pointwise(f: int, cin: int, groups: int, columns: int, lanes: int) -> ConvPlan | None:
-    """The plan for a 1x1, stride-1, unpadded convolution computed over its H*W pixels as
-    one row of `columns`: a matrix product. The columns are split into parallel chunks of
-    about 28 (a whole number of tiles), so each task's inputs stay in cache while every
-    block of output channels reads them."""
-    if groups == 1 and cin <= XVEC_MAX_CIN and f % XVEC_CHANNELS[lanes >= 16] == 0:
+def plan_pointwise(f: int, cin: int, groups: int, columns: int, lanes: int,
+                   subsample: bool = False) -> ConvPlan | None:
+    """The plan for a 1x1 unpadded convolution computed over its H*W pixels as one row of
+    `columns`: a matrix product. The columns are split into parallel chunks of about 28
+    (a whole number of tiles). Up to XVEC_MAX_CIN input channels the tile is
+    column-vectorised. A task packs its chunk of the input first where the input's
+    planes are large (their rows would fall into few of L1's sets), where the chunking
+    pads the width, or to gather a strided convolution's pixels (`subsample`, which also
+    keeps the channel-vectorised tile: its gather is not a vector load)."""
+    if not subsample and groups == 1 and cin <= XVEC_MAX_CIN \
+            and f % XVEC_CHANNELS[lanes >= 16] == 0:
         fr, tile = XVEC_CHANNELS[lanes >= 16], 2 * lanes
         owp = -(-columns // tile) * tile
         tiles = owp // tile
         d = min((d for d in range(1, tiles + 1) if tiles % d == 0),
                 key=lambda d: (abs(tile * d - POINTWISE_CHUNK), -d))
-        return ConvPlan(fr, 2, cin, f, f, False, owp, tile * d, 0, 0, lanes)
+        return ConvPlan(fr, 2, cin, f, f, False, owp, tile * d, 0, 0, lanes,
+                        pack=owp > columns or columns >= PACK_MIN_COLUMNS)
     plan = plan_conv(f, cin, groups, columns, lanes)
     if plan is None:
         return None
     tiles = plan.ow_padded // plan.xt
     d = min((d for d in range(1, tiles + 1) if tiles % d == 0),
             key=lambda d: (abs(plan.xt * d - POINTWISE_CHUNK), -d))
-    return replace(plan, xc=plan.xt * d)
+    return replace(plan, xc=plan.xt * d, pack=subsample or plan.ow_padded > columns
+                   or columns >= PACK_MIN_COLUMNS)
 
 
 def pack_weights(w: np.ndarray, groups: int, plan: ConvPlan) -> np.ndarray:
@@ -296,6 +305,7 @@ def candidate_plans(hand: ConvPlan, f: int, cin: int, groups: int, width: int, l
     for xc in chunks(hand) + ([0] if hand.xc and not hand.xvec else []):
         variants.append(replace(hand, xc=xc, rcb=0))
     if hand.xc:
+        variants.append(replace(hand, pack=not hand.pack))
         for rcb in (32, 64, 128, 256):
             if rcb < hand.cb and hand.cb % rcb == 0:
                 variants.append(replace(hand, rcb=rcb))
@@ -374,18 +384,20 @@ def _chunked_schedule(sch, plan: ConvPlan, b_acc, b_out, loops) -> None:
     task_acc = plan.xvec and plan.rcb and plan.rcb < plan.cb
     sch.compute_at(b_acc, task if task_acc else fo, preserve_unit_loops=True)
     sch.set_scope(b_acc, 0, "global" if task_acc else "local")
-    b_pack = sch.cache_read(b_acc, 0, "global")
-    # the packing reads the input itself: the strided gather and the zero columns past
-    # the input (a padded width) are computed into the packed chunk, not as passes of
-    # their own over the whole tensor
-    for b in sch.get_child_blocks(sch.get_sblock("root")):
-        if sch.get(b).name_hint == "pad":
-            sch.compute_inline(b)
-    for b in sch.get_child_blocks(sch.get_sblock("root")):
-        if sch.get(b).name_hint == "subsample":
-            sch.compute_inline(b)
-    sch.compute_at(b_pack, task, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(b_pack)[-1])
+    stages = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    if plan.pack or "subsample" in stages:
+        b_pack = sch.cache_read(b_acc, 0, "global")
+        # the packing reads the input itself: the strided gather and the zero columns past
+        # the input (a padded width) are computed into the packed chunk, not as passes of
+        # their own over the whole tensor
+        for name in ("pad", "subsample"):
+            if name in stages:
+                sch.compute_inline(stages[name])
+        sch.compute_at(b_pack, task, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(b_pack)[-1])
+    elif "pad" in stages:
+        pl = sch.get_loops(stages["pad"])
+        sch.parallel(sch.fuse(pl[0], pl[1]))
     if plan.xvec:
         _xvec_tiles(sch, plan, b_acc, xi, task_acc)
         return

@@ -477,7 +477,7 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     subsample = a.k == 1 and a.p == 0 and s > 1 and oh * ow > ow
     pointwise = a.k == 1 and a.p == 0 and (s == 1 or subsample) and oh * ow > ow
     if pointwise:
-        plan = plan_pointwise(f, cin, a.groups, oh * ow, lanes)
+        plan = plan_pointwise(f, cin, a.groups, oh * ow, lanes, subsample=subsample)
         h, w, oh, ow, s = 1, oh * ow, 1, oh * ow, 1
     else:
         plan = plan_conv(f, cin, a.groups, ow, lanes)
