@@ -600,9 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-arch", default=None, metavar="SM")
     p.add_argument("--knobs", action="store_true",
                    help="llvm: measure other blockings of resdsl's own convolution kernels "
-                        "(register tiles, columns per task, reduction chunks, unrolling) "
-                        "instead of MetaSchedule's search; --trials candidates in all, "
-                        "minutes rather than hours")
+                        "(register tiles, columns per task, reduction chunks, packing, "
+                        "unrolling) inside the whole network instead of MetaSchedule's "
+                        "search; --trials candidates in all, minutes rather than hours")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _spec_options(p)
     p.set_defaults(func=cmd_tune)

@@ -562,3 +562,25 @@ def test_every_candidate_plan_computes_the_convolution(f, cin, groups, width, k,
         kernel["main"](*[tvm.runtime.tensor(a) for a in
                          (x, pack_weights(wt, groups, plan), b, res)], out)
         np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4, err_msg=str(plan))
+
+
+def test_hand_plans_follow_the_in_network_measurements():
+    """The rules the in-network knob search suggested (docs/tvm.md): a 7x7 plane's 1x1
+    product is one tile of 4 vectors, a small strided 1x1 gathers its input whole, a
+    strided 3x3 on a 56-wide plane is chunked and packed; the stem and stride-1 3x3 keep
+    the row schedule."""
+    from resdsl.backends.tvm.kernels import plan_pointwise, plan_window
+    p = plan_pointwise(2048, 512, 1, 49, 16)
+    assert (p.fb, p.xt, p.xvec, p.xc, p.ow_padded, p.pack) == (4, 4, 16, 64, 64, True)
+    p = plan_pointwise(2048, 512, 1, 49, 8)
+    assert p.xvec == 8 and p.fb * p.xt <= 8
+    p = plan_pointwise(1024, 512, 1, 196, 16, subsample=True)
+    assert not p.xvec and not p.pack
+    p = plan_pointwise(512, 256, 1, 784, 16, subsample=True)
+    assert not p.xvec and p.pack and p.xc
+    p = plan_pointwise(256, 64, 1, 3136, 16)
+    assert p.xvec and p.pack and p.xc % (p.xt * 16) == 0
+    assert plan_window(128, 128, 1, 28, 16, 3, 2, 56).xc == 14
+    assert plan_window(64, 3, 1, 112, 16, 7, 2, 224).xc == 0
+    assert plan_window(64, 64, 1, 56, 16, 3, 1, 56).xc == 0
+    assert plan_window(256, 256, 1, 14, 16, 3, 2, 28).xc == 0

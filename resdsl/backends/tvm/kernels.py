@@ -28,6 +28,7 @@ FMA_LATENCY = 4  # cycles, on the x86 cores of the last decade
 POINTWISE_CHUNK = 28  # columns per task of a 1x1 convolution (measured: 16-32 are close)
 XVEC_MAX_CIN = 512    # 1x1 products up to this many input channels vectorise the columns
 XVEC_CHANNELS = {False: 4, True: 8}   # output channels of such a tile: AVX2, AVX-512
+SMALL_PLANE = 196          # pixels (14x14) up to which a strided 1x1 gathers its input whole
 PACK_MIN_COLUMNS = 1024   # planes from this many pixels are packed (56x56: 196 lines apart)
 MIN_TASKS = 16        # parallel tasks a packed 1x1 convolution makes at least (where it can)
 
@@ -110,6 +111,19 @@ def plan_conv(f: int, cin: int, groups: int, out_w: int, lanes: int) -> ConvPlan
     return best[1] if best else None
 
 
+def plan_window(f: int, cin: int, groups: int, out_w: int, lanes: int, k: int, s: int,
+                in_w: int) -> ConvPlan | None:
+    """The plan of a convolution with a window (k > 1): `plan_conv`'s tile; a strided,
+    ungrouped one on a large plane (ResNet-50's first 3x3 of stage 2, 56x56 in) is
+    chunked by two tiles a task and packs its rows, which it otherwise read at the
+    stride from a padded copy (0.57-0.64 of the time, measured in the network)."""
+    plan = plan_conv(f, cin, groups, out_w, lanes)
+    if plan is not None and k == 3 and s > 1 and groups == 1 and in_w >= 56 \
+            and plan.ow_padded % (2 * plan.xt) == 0:
+        plan = replace(plan, xc=2 * plan.xt)
+    return plan
+
+
 def plan_pointwise(f: int, cin: int, groups: int, columns: int, lanes: int,
                    subsample: bool = False) -> ConvPlan | None:
     """The plan for a 1x1 unpadded convolution computed over its H*W pixels as one row of
@@ -121,16 +135,25 @@ def plan_pointwise(f: int, cin: int, groups: int, columns: int, lanes: int,
     keeps the channel-vectorised tile: its gather is not a vector load)."""
     if not subsample and groups == 1 and cin <= XVEC_MAX_CIN \
             and f % XVEC_CHANNELS[lanes >= 16] == 0:
-        fr, tile = XVEC_CHANNELS[lanes >= 16], 2 * lanes
+        fr, xv = XVEC_CHANNELS[lanes >= 16], 2
+        if columns <= 4 * lanes and lanes >= 16:
+            fr, xv = 4, 4     # a 7x7 plane: one tile of 4 vectors (measured in the network:
+            #                   0.71 of the 8x2 tiles' time for ResNet-50's 512 -> 2048)
+        tile = xv * lanes
         owp = -(-columns // tile) * tile
         tiles = owp // tile
         d = min((d for d in range(1, tiles + 1) if tiles % d == 0),
                 key=lambda d: (abs(tile * d - POINTWISE_CHUNK), -d))
-        return ConvPlan(fr, 2, cin, f, f, False, owp, tile * d, 0, 0, lanes,
+        return ConvPlan(fr, xv, cin, f, f, False, owp, tile * d, 0, 0, lanes,
                         pack=owp > columns or columns >= PACK_MIN_COLUMNS)
     plan = plan_conv(f, cin, groups, columns, lanes)
     if plan is None:
         return None
+    if subsample and columns <= SMALL_PLANE:
+        # gathered once, whole, before the product: on planes this small a gather per
+        # task (every block of output channels split between tasks) costs more (0.83-0.90
+        # of the time in the network)
+        return replace(plan, pack=False)
     tiles = plan.ow_padded // plan.xt
     d = min((d for d in range(1, tiles + 1) if tiles % d == 0),
             key=lambda d: (abs(plan.xt * d - POINTWISE_CHUNK), -d))
@@ -270,7 +293,7 @@ def apply_conv_schedule(sch, plan: ConvPlan, f: int) -> None:
     sch.reorder(o_f, o_x)
     sch.vectorize(o_x)
     padded = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
-              if sch.get(b).name_hint == "pad"]
+              if sch.get(b).name_hint in ("pad", "subsample")]
     for b_pad in padded:
         pl = sch.get_loops(b_pad)
         sch.parallel(sch.fuse(pl[0], pl[1]))

@@ -25,7 +25,8 @@ import numpy as np
 from resdsl.backends import require_ops
 from resdsl.backends.tvm.kernels import (candidate_plans, concat_func, concat_grow_func,
                                          conv_func, linear_func, pack_linear, pack_weights,
-                                         plan_conv, plan_linear, plan_pointwise)
+                                         plan_conv, plan_linear, plan_pointwise,
+                                         plan_window)
 from resdsl.errors import ResdslError
 from resdsl.ir.graph import inputs_of, topo_order
 from resdsl.weights import check_weights
@@ -480,7 +481,8 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
         plan = plan_pointwise(f, cin, a.groups, oh * ow, lanes, subsample=subsample)
         h, w, oh, ow, s = 1, oh * ow, 1, oh * ow, 1
     else:
-        plan = plan_conv(f, cin, a.groups, ow, lanes)
+        plan = plan_window(f, cin, a.groups, ow, lanes, a.k, a.s, w) if a.k > 1 \
+            else plan_conv(f, cin, a.groups, ow, lanes)
     if plan is None:
         return None
     task = conv_task_key(ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups,
