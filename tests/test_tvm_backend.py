@@ -481,7 +481,10 @@ def test_knob_tuning_records_resumes_and_applies(tmp_path, capsys):
     first = [json.loads(line) for line in (db / KNOB_FILE).read_text().splitlines()]
     trials = [r for r in first if not r.get("confirm")]   # (then confirmations)
     assert len(trials) == 2 and all(r["ok"] and r["ms"] > 0 and r["hand_ms"] > 0
-                                    for r in first)
+                                    for r in trials)
+    # a confirmation is measured (applied only if the network's convolutions gained)
+    assert all(r["ms"] > 0 and r["network_ratio"] > 0 and (r["ok"] or "together" in r["error"])
+               for r in first if r.get("confirm"))
     assert main(args) == 0
     records = [json.loads(line) for line in (db / KNOB_FILE).read_text().splitlines()]
     trials = [r for r in records if not r.get("confirm")]

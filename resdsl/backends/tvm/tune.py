@@ -272,7 +272,10 @@ def knob_tune(arch, trials: int, db: str, *, batch: int = 1, weights: dict | Non
     ratio is the median over the pairs of its time in the candidate build over its time
     in the hand build, both measured in place. At the end the best candidate of each
     kernel that beat its hand plan by 5% is measured again, all together in one build,
-    over twice as many pairs; only those confirmed there are applied by `compile --db`."""
+    over twice as many pairs; only those confirmed there are applied by `compile --db`,
+    and only if together they make the network's convolutions 2% faster than the hand
+    build's (each kernel can gain while the network does not: a blocking can slow the
+    next kernel down)."""
     if trials < 1:
         raise ResdslError(f"--trials must be at least 1, got {trials}")
     with db_lock(db):
@@ -292,6 +295,9 @@ def _recorded(path: Path, confirm: bool) -> set:
         except (ValueError, KeyError, TypeError, AttributeError):
             continue   # a torn last line of an interrupted run
     return seen
+
+
+NETWORK_MARGIN = 0.98   # confirmed blockings apply only if the network's convolutions gain 2%
 
 
 def _plan_id(plan: ConvPlan) -> str:
@@ -340,23 +346,34 @@ def _knob_tune(arch, trials, db, *, batch, weights, progress) -> TuneReport:
         ratios: dict = {key: [] for key in plans}
         ms: dict = {key: [] for key in plans}
         hand_ms: dict = {key: [] for key in plans}
+        network: list = []     # all convolutions of the candidate build over the hand one's
         for i in range(0 if error else pairs):
             runs = {}
             for name, net in ((("hand", hand), ("cand", cand)) if i % 2 == 0
                               else (("cand", cand), ("hand", hand))):
                 runs[name] = net.run()[0]
+            network.append(sum(runs["cand"].values()) / sum(runs["hand"].values()))
             for key in plans:
                 ratios[key].append(runs["cand"][key] / runs["hand"][key])
                 ms[key].append(runs["cand"][key] * 1e3)
                 hand_ms[key].append(runs["hand"][key] * 1e3)
+        if confirm and error is None and statistics.median(network) > NETWORK_MARGIN:
+            # each kernel faster, the network not: the gains did not add up (one kernel's
+            # blocking can slow the next one down); apply none of them
+            error = (f"together the network's convolutions took "
+                     f"{statistics.median(network):.3f} of the hand build's time")
         for key, plan in plans.items():
             rec = {"ok": error is None, "task": key, "plan": dataclasses.asdict(plan),
                    "network": True}
-            if error is None:
+            if ratios[key]:
                 rec.update(ms=statistics.median(ms[key]), hand_ms=statistics.median(hand_ms[key]),
                            ratio=statistics.median(ratios[key]))
             else:
-                rec.update(ms=0.0, hand_ms=1.0, error=error)
+                rec.update(ms=0.0, hand_ms=1.0)
+            if network:
+                rec["network_ratio"] = statistics.median(network)
+            if error is not None:
+                rec.update(ok=False, error=error)
             if confirm:
                 rec["confirm"] = True
             out.write(json.dumps(rec) + "\n")
