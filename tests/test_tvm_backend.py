@@ -479,21 +479,23 @@ def test_knob_tuning_records_resumes_and_applies(tmp_path, capsys):
     assert main(args) == 0
     assert "tuned" in capsys.readouterr().out
     first = [json.loads(line) for line in (db / KNOB_FILE).read_text().splitlines()]
-    trials = [r for r in first if not r.get("confirm")]   # (then confirmations)
+    trials = [r for r in first if not (r.get("confirm") or r.get("final"))]   # (then confirmations)
     assert len(trials) == 2 and all(r["ok"] and r["ms"] > 0 and r["hand_ms"] > 0
                                     for r in trials)
-    # a confirmation is measured (applied only if the network's convolutions gained)
-    assert all(r["ms"] > 0 and r["network_ratio"] > 0 and (r["ok"] or "together" in r["error"])
-               for r in first if r.get("confirm"))
+    # confirmations and the final check of them together are measured; the final records
+    # are applied only if the network's convolutions gained
+    assert all(r["ms"] > 0 and r["network_ratio"] > 0 for r in first
+               if r.get("confirm") or r.get("final"))
+    assert all(r["ok"] or "together" in r["error"] for r in first if r.get("final"))
     assert main(args) == 0
     records = [json.loads(line) for line in (db / KNOB_FILE).read_text().splitlines()]
-    trials = [r for r in records if not r.get("confirm")]
+    trials = [r for r in records if not (r.get("confirm") or r.get("final"))]
     assert len(trials) == 4
     seen = {(r["task"], json.dumps(r["plan"], sort_keys=True)) for r in trials}
     assert len(seen) == 4                                   # nothing measured twice
     # a record that beat its hand plan is applied: make the first one so
-    records = [r for r in records if not r.get("confirm")]
-    best = dict(records[0], ratio=0.5, confirm=True)
+    records = [r for r in records if not (r.get("confirm") or r.get("final"))]
+    best = dict(records[0], ratio=0.5, final=True)
     with open(db / KNOB_FILE, "a") as f:
         f.write(json.dumps(best) + "\n")
     plans = load_knob_plans(db)

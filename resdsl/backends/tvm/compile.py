@@ -84,15 +84,18 @@ KNOB_FILE = "resdsl_knobs.json"   # one JSON record a line, in the tuning databa
 KNOB_MARGIN = 0.95   # a blocking replaces the hand one only if measured 5% faster
 
 
-def best_candidates(path, confirmed: bool = True) -> dict:
-    """Task key -> the blocking (ConvPlan) of the best record in a knob file that beat
-    the hand plan by KNOB_MARGIN; with `confirmed`, only records of the second,
-    longer measurement count."""
+def best_candidates(path, stage: str = "final") -> dict:
+    """Task key -> the blocking (ConvPlan) of the best record in a knob file. `stage`:
+    "trial", any record that beat the hand plan by KNOB_MARGIN; "confirm", a record of
+    the second, longer measurement that did; "final", a record of the last measurement,
+    where the confirmed blockings ran together and made the network's convolutions
+    faster (the blockings that are applied)."""
     best: dict[str, tuple[float, ConvPlan]] = {}
     try:
         lines = Path(path).read_text().splitlines()
     except OSError:
         return {}
+    limit = 1.0 if stage == "final" else KNOB_MARGIN
     for line in lines:
         try:
             rec = json.loads(line)
@@ -101,8 +104,9 @@ def best_candidates(path, confirmed: bool = True) -> dict:
             task, ok = str(rec["task"]), bool(rec["ok"])
         except (ValueError, KeyError, TypeError, ZeroDivisionError):
             continue   # a torn last line of an interrupted run
-        if ok and ratio < KNOB_MARGIN and (bool(rec.get("confirm")) or not confirmed) \
-                and (task not in best or ratio < best[task][0]):
+        if stage != "trial" and not rec.get(stage):
+            continue
+        if ok and ratio < limit and (task not in best or ratio < best[task][0]):
             best[task] = (ratio, plan)
     return {task: plan for task, (_, plan) in best.items()}
 
@@ -110,7 +114,7 @@ def best_candidates(path, confirmed: bool = True) -> dict:
 def load_knob_plans(db) -> dict:
     """The blockings `resdsl tune --knobs` found faster than the hand plans, confirmed by
     a second measurement (task key -> ConvPlan)."""
-    return best_candidates(Path(db) / KNOB_FILE, confirmed=True)
+    return best_candidates(Path(db) / KNOB_FILE, stage="final")
 
 
 def _drop_reshapes(mod):

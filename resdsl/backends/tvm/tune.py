@@ -272,9 +272,9 @@ def knob_tune(arch, trials: int, db: str, *, batch: int = 1, weights: dict | Non
     ratio is the median over the pairs of its time in the candidate build over its time
     in the hand build, both measured in place. At the end the best candidate of each
     kernel that beat its hand plan by 5% is measured again, all together in one build,
-    over twice as many pairs; only those confirmed there are applied by `compile --db`,
-    and only if together they make the network's convolutions 2% faster than the hand
-    build's (each kernel can gain while the network does not: a blocking can slow the
+    over twice as many pairs; those confirmed there then run together against the hand
+    build, and `compile --db` applies them only if they made the network's convolutions
+    2% faster (each kernel can gain while the network does not: a blocking can slow the
     next kernel down)."""
     if trials < 1:
         raise ResdslError(f"--trials must be at least 1, got {trials}")
@@ -282,15 +282,15 @@ def knob_tune(arch, trials: int, db: str, *, batch: int = 1, weights: dict | Non
         return _knob_tune(arch, trials, db, batch=batch, weights=weights, progress=progress)
 
 
-def _recorded(path: Path, confirm: bool) -> set:
-    """(task, plan) pairs with a record in the knob file (only confirmations if `confirm`)."""
+def _recorded(path: Path, stage: str = "trial") -> set:
+    """(task, plan) pairs with a record in the knob file (of `stage` unless "trial")."""
     seen = set()
     if not path.exists():
         return seen
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
-            if not confirm or rec.get("confirm"):
+            if stage == "trial" or rec.get(stage):
                 seen.add((rec["task"], json.dumps(rec["plan"], sort_keys=True)))
         except (ValueError, KeyError, TypeError, AttributeError):
             continue   # a torn last line of an interrupted run
@@ -318,7 +318,7 @@ def _knob_tune(arch, trials, db, *, batch, weights, progress) -> TuneReport:
         return t.calls * f * cin // groups * k * k * h * w // (s * s)
     tasks.sort(key=macs, reverse=True)
     path = Path(db) / KNOB_FILE
-    done = _recorded(path, confirm=False)
+    done = _recorded(path)
     pending = {t.key: [p for p in t.candidates if (t.key, _plan_id(p)) not in done]
                for t in tasks}
     total = min(trials, sum(len(v) for v in pending.values()))
@@ -332,7 +332,7 @@ def _knob_tune(arch, trials, db, *, batch, weights, progress) -> TuneReport:
     seconds = statistics.median(sum(t.values()) for t in times)
     pairs = max(4, min(10, int(2.0 / max(seconds, 1e-3))))   # about 4 s of runs a round
 
-    def measure(out, plans: dict, pairs: int, confirm: bool = False) -> None:
+    def measure(out, plans: dict, pairs: int, stage: str = "trial") -> None:
         error = None
         try:
             cand = _Network(arch, weights, target, batch, plans, x)
@@ -357,7 +357,7 @@ def _knob_tune(arch, trials, db, *, batch, weights, progress) -> TuneReport:
                 ratios[key].append(runs["cand"][key] / runs["hand"][key])
                 ms[key].append(runs["cand"][key] * 1e3)
                 hand_ms[key].append(runs["hand"][key] * 1e3)
-        if confirm and error is None and statistics.median(network) > NETWORK_MARGIN:
+        if stage == "final" and error is None and statistics.median(network) > NETWORK_MARGIN:
             # each kernel faster, the network not: the gains did not add up (one kernel's
             # blocking can slow the next one down); apply none of them
             error = (f"together the network's convolutions took "
@@ -374,8 +374,8 @@ def _knob_tune(arch, trials, db, *, batch, weights, progress) -> TuneReport:
                 rec["network_ratio"] = statistics.median(network)
             if error is not None:
                 rec.update(ok=False, error=error)
-            if confirm:
-                rec["confirm"] = True
+            if stage != "trial":
+                rec[stage] = True
             out.write(json.dumps(rec) + "\n")
         out.flush()
 
@@ -391,13 +391,20 @@ def _knob_tune(arch, trials, db, *, batch, weights, progress) -> TuneReport:
                 measure(out, plans, pairs)
                 bar.update(len(plans))
             # each kernel's best candidate that beat its hand plan, all in one build,
-            # measured again over twice the pairs: only confirmed records are applied
+            # measured again over twice the pairs; then those confirmed there, together,
+            # against the hand build: only if the network's convolutions gain are they
+            # applied (records of the "final" stage)
             keys = {t.key for t in tasks}
-            confirmed = _recorded(path, confirm=True)
-            best = {key: plan for key, plan in best_candidates(path, confirmed=False).items()
+            confirmed = _recorded(path, "confirm")
+            best = {key: plan for key, plan in best_candidates(path, "trial").items()
                     if key in keys and (key, _plan_id(plan)) not in confirmed}
             if best:
-                measure(out, best, 2 * pairs, confirm=True)
+                measure(out, best, 2 * pairs, "confirm")
+            final = {key: plan for key, plan in best_candidates(path, "confirm").items()
+                     if key in keys}
+            checked = _recorded(path, "final")
+            if any((key, _plan_id(plan)) not in checked for key, plan in final.items()):
+                measure(out, final, 2 * pairs, "final")
     finally:
         bar.close()
     return TuneReport(len(tasks), measured, str(db))
