@@ -9,6 +9,9 @@ records; a kernel without one keeps resdsl's hand schedule (llvm) or dlight's (c
 
 Tuning measures candidates on the target: for cuda on a machine without a GPU, pass an
 RPC tracker that has a GPU server registered (docs/tvm.md has the commands).
+
+`resdsl tune --knobs` (llvm) searches resdsl's own kernels' blockings instead, timing
+each candidate inside the whole network (`knob_tune`); its records go to the same DIR.
 """
 
 from __future__ import annotations
