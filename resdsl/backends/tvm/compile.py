@@ -113,7 +113,7 @@ def best_candidates(path, stage: str = "final") -> dict:
 
 def load_knob_plans(db) -> dict:
     """The blockings `resdsl tune --knobs` found faster than the hand plans, confirmed by
-    a second measurement (task key -> ConvPlan)."""
+    a second measurement and applied together in the final one (task key -> ConvPlan)."""
     return best_candidates(Path(db) / KNOB_FILE, stage="final")
 
 

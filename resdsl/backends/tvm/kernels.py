@@ -141,10 +141,7 @@ def plan_pointwise(f: int, cin: int, groups: int, columns: int, lanes: int,
             #                   0.71 of the 8x2 tiles' time for ResNet-50's 512 -> 2048)
         tile = xv * lanes
         owp = -(-columns // tile) * tile
-        tiles = owp // tile
-        d = min((d for d in range(1, tiles + 1) if tiles % d == 0),
-                key=lambda d: (abs(tile * d - POINTWISE_CHUNK), -d))
-        return ConvPlan(fr, xv, cin, f, f, False, owp, tile * d, 0, 0, lanes,
+        return ConvPlan(fr, xv, cin, f, f, False, owp, _chunk(tile, owp), 0, 0, lanes,
                         pack=owp > columns or columns >= PACK_MIN_COLUMNS)
     plan = plan_conv(f, cin, groups, columns, lanes)
     if plan is None:
@@ -154,11 +151,17 @@ def plan_pointwise(f: int, cin: int, groups: int, columns: int, lanes: int,
         # task (every block of output channels split between tasks) costs more (0.83-0.90
         # of the time in the network)
         return replace(plan, pack=False)
-    tiles = plan.ow_padded // plan.xt
+    return replace(plan, xc=_chunk(plan.xt, plan.ow_padded),
+                   pack=subsample or plan.ow_padded > columns or columns >= PACK_MIN_COLUMNS)
+
+
+def _chunk(tile: int, columns: int) -> int:
+    """Columns per parallel task: the whole number of tiles dividing `columns` nearest
+    POINTWISE_CHUNK."""
+    tiles = columns // tile
     d = min((d for d in range(1, tiles + 1) if tiles % d == 0),
-            key=lambda d: (abs(plan.xt * d - POINTWISE_CHUNK), -d))
-    return replace(plan, xc=plan.xt * d, pack=subsample or plan.ow_padded > columns
-                   or columns >= PACK_MIN_COLUMNS)
+            key=lambda d: (abs(tile * d - POINTWISE_CHUNK), -d))
+    return tile * d
 
 
 def pack_weights(w: np.ndarray, groups: int, plan: ConvPlan) -> np.ndarray:
@@ -457,13 +460,6 @@ def _xvec_tiles(sch, plan: ConvPlan, b_acc, xi, task_acc) -> None:
     else:
         a_fi, a_x, a_rc, a_ry, a_rx = sch.get_loops(b_acc)[-5:]
         a_xo, a_xv, a_xl = sch.split(a_x, [None, plan.xt, lanes])
-    if task_acc:
-        pass
-    elif plan.rcb and plan.rcb < plan.cb:
-        a_rco, a_rci = sch.split(a_rc, [None, plan.rcb])
-        sch.reorder(a_rco, a_xo, a_rci, a_ry, a_rx, a_fi, a_xv, a_xl)
-        first = a_rco
-    else:
         sch.reorder(a_xo, a_rc, a_ry, a_rx, a_fi, a_xv, a_xl)
         first = a_xo
     sch.unroll(a_fi)

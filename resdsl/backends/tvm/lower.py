@@ -69,7 +69,7 @@ class _Ctx:
         self.shared = True              # kernels shared across input-channel counts
         self.plans: dict = {}           # conv task key -> ConvPlan chosen by tuning
         self.convs: dict = {}           # conv task key -> its kernel's arguments, plan, calls
-        self.conv_calls: list = []      # task key of every kernel call, in the order emitted
+        self.conv_calls: list = []      # (task key, kernel) of every call, in emitted order
 
     def weight(self, key: str) -> np.ndarray:
         return _np(self.weights[key])
@@ -472,8 +472,8 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     f, oh, ow = g.nodes[name]["shape"]
     # a 1x1 stride-1 convolution is a matrix product over the H*W pixels: computed on
     # (zero-copy) reshaped views as one row of H*W columns. A strided 1x1 one (the
-    # downsampling shortcut) is the same product over a strided slice of its input: read
-    # in place, its rows of every other pixel wasted half of each cache line it loaded
+    # downsampling shortcut) is the same product over its gathered pixels: read in
+    # place, its rows of every other pixel wasted half of each cache line it loaded
     s = a.s
     subsample = a.k == 1 and a.p == 0 and s > 1 and oh * ow > ow
     pointwise = a.k == 1 and a.p == 0 and (s == 1 or subsample) and oh * ow > ow
