@@ -514,10 +514,11 @@ def test_knob_tuning_records_resumes_and_applies(tmp_path, capsys):
 
 def test_candidate_plans_are_valid_blockings():
     from resdsl.backends.tvm.kernels import (candidate_plans, max_accumulators, plan_conv,
-                                             plan_pointwise)
+                                             plan_pointwise, plan_window)
     for hand, args in [(plan_pointwise(256, 64, 1, 3136, 16), (256, 64, 1, 3136, 16, 1)),
                        (plan_conv(64, 64, 1, 56, 8), (64, 64, 1, 56, 8, 3)),
-                       (plan_conv(128, 128, 32, 56, 16), (128, 128, 32, 56, 16, 3))]:
+                       (plan_conv(128, 128, 32, 56, 16), (128, 128, 32, 56, 16, 3)),
+                       (plan_window(128, 128, 32, 56, 16, 3, 1, 56), (128, 128, 32, 56, 16, 3))]:
         cands = candidate_plans(hand, *args)
         assert cands and hand not in cands and len(set(cands)) == len(cands)
         lanes = args[4]
@@ -527,7 +528,8 @@ def test_candidate_plans_are_valid_blockings():
             registers = c.xt * (c.fb if c.xvec else max(1, c.fb // lanes))
             assert registers <= max_accumulators(lanes)
             assert c.xc == 0 or (c.xc % unit == 0 and c.ow_padded % c.xc == 0)
-            assert not c.xvec or (c.xvec == lanes and c.xc and args[5] == 1)
+            # column-vectorised: a chunked 1x1 product, or a window's tile of whole rows
+            assert not c.xvec or (c.xvec == lanes and (c.xc if args[5] == 1 else not c.xc))
 
 
 @pytest.mark.parametrize("f,cin,groups,width,k,stride", [
@@ -535,12 +537,14 @@ def test_candidate_plans_are_valid_blockings():
     (48, 640, 1, 49, 1, 1),       # a 1x1 product, channel-vectorised by hand
     (32, 32, 1, 10, 3, 1),        # a 3x3 convolution
     (64, 64, 16, 9, 3, 2),        # grouped, strided
+    (32, 32, 8, 13, 3, 1),        # groups of 4, column-vectorised by hand, padded columns
+    (16, 16, 16, 20, 3, 1),       # depthwise, column-vectorised by hand
 ])
 def test_every_candidate_plan_computes_the_convolution(f, cin, groups, width, k, stride):
     """The knob search may apply any candidate: each one compiles and computes the same
     convolution (bias, residual, ReLU) as torch."""
     from resdsl.backends.tvm.kernels import (candidate_plans, conv_func, pack_weights,
-                                             plan_conv, plan_pointwise)
+                                             plan_pointwise, plan_window)
     from resdsl.backends.tvm.target import make_target
     lanes, n, pad = 16, 1, k // 2
     h = w = width if k > 1 else 1
@@ -548,7 +552,9 @@ def test_every_candidate_plan_computes_the_convolution(f, cin, groups, width, k,
         hand = plan_pointwise(f, cin, groups, width, lanes)
         h, w = 1, width
     else:
-        hand = plan_conv(f, cin, groups, (w + 2 * pad - k) // stride + 1, lanes)
+        hand = plan_window(f, cin, groups, (w + 2 * pad - k) // stride + 1, lanes, k, stride,
+                           w)
+        assert bool(hand.xvec) == (stride == 1 and cin // groups <= 4)
     oh = (h + 2 * pad - k) // stride + 1
     ow = (w + 2 * pad - k) // stride + 1
     rng = np.random.default_rng(2)

@@ -31,6 +31,8 @@ XVEC_CHANNELS = {False: 4, True: 8}   # output channels of such a tile: AVX2, AV
 SMALL_PLANE = 196          # pixels (14x14) up to which a strided 1x1 gathers its input whole
 PACK_MIN_COLUMNS = 1024   # planes from this many pixels are packed (56x56: 196 lines apart)
 MIN_TASKS = 16        # parallel tasks a packed 1x1 convolution makes at least (where it can)
+WIDE_CHUNK = 224      # columns a 1x1 task takes at most where the tasks stay many: ...
+WIDE_TASKS = 32       # ... at least this many (images x column chunks)
 
 
 def max_accumulators(lanes: int) -> int:
@@ -64,6 +66,20 @@ class ConvPlan:
         if self.group_width >= self.f_padded:
             return 0
         return (fo * self.fb // self.group_width) * cin_per_group
+
+
+def _step_cycles(broadcasts: int, vectors: int) -> float:
+    """Cycles per reduction step of a register tile of `broadcasts` x `vectors`
+    accumulators: two FMAs and two loads a cycle, and each accumulator waits for its
+    previous FMA (latency 4), so fewer than 8 accumulators leave the FMA units idle."""
+    return max(broadcasts * vectors / 2, (broadcasts + vectors) / 2, FMA_LATENCY)
+
+
+def _conv_cost(plan: ConvPlan, f: int, fg: int, out_w: int, lanes: int) -> float:
+    """`plan_conv`'s cost of a channel-vectorised plan: cycles per useful vector FMA."""
+    waste = plan.f_padded / f * (plan.fb // fg if plan.blockdiag else 1)
+    return _step_cycles(plan.xt, max(1, plan.fb // lanes)) / (plan.xt * plan.fb / lanes) \
+        * waste * plan.ow_padded / out_w
 
 
 def plan_conv(f: int, cin: int, groups: int, out_w: int, lanes: int) -> ConvPlan | None:
@@ -101,10 +117,7 @@ def plan_conv(f: int, cin: int, groups: int, out_w: int, lanes: int) -> ConvPlan
         group_width = fpad if groups == 1 else fg
         for xt in range(1, min(out_w, max_accumulators(lanes) // vecs) + 1):
             owp = -(-out_w // xt) * xt
-            # two FMAs and two loads a cycle, and each accumulator waits for its previous
-            # FMA (latency 4): fewer than 8 accumulators leave the FMA units idle
-            cycles = max(xt * vecs / 2, (xt + vecs) / 2, FMA_LATENCY)
-            cost = cycles / (xt * fb / lanes) * waste * owp / out_w
+            cost = _step_cycles(xt, vecs) / (xt * fb / lanes) * waste * owp / out_w
             key = (round(cost, 6), round(waste, 6), -fb, -xt)
             if best is None or key < best[0]:
                 best = (key, ConvPlan(fb, xt, cb, fpad, group_width, blockdiag, owp))
@@ -117,6 +130,10 @@ def plan_window(f: int, cin: int, groups: int, out_w: int, lanes: int, k: int, s
     ungrouped one on a large plane (ResNet-50's first 3x3 of stage 2, 56x56 in) is
     chunked by two tiles a task and packs its rows, which it otherwise read at the
     stride from a padded copy (0.57-0.64 of the time, measured in the network)."""
+    if groups > 1 and s == 1:
+        grouped = plan_grouped(f, cin, groups, out_w, lanes)
+        if grouped is not None:
+            return grouped
     plan = plan_conv(f, cin, groups, out_w, lanes)
     if plan is not None and k == 3 and s > 1 and groups == 1 and in_w >= 56 \
             and plan.ow_padded % (2 * plan.xt) == 0:
@@ -124,15 +141,38 @@ def plan_window(f: int, cin: int, groups: int, out_w: int, lanes: int, k: int, s
     return plan
 
 
+def plan_grouped(f: int, cin: int, groups: int, out_w: int, lanes: int) -> ConvPlan | None:
+    """A column-vectorised tile for a stride-1 grouped convolution: FB = a group's output
+    channels (weights broadcast) by XT vectors of output columns, the width padded up to
+    whole vectors; or None where `plan_conv`'s channel-vectorised tile costs less (by
+    the same count of cycles per useful FMA). It wins for narrow groups (ResNeXt's 3x3
+    convolutions of 4 or 8 channels a group, depthwise ones): no block-diagonal zeros,
+    and every load is a whole vector of an input row. Measured alone at batch 8:
+    ResNeXt-50's groups of 4 (56x56) in 0.35 of the block-diagonal kernel's time, its
+    groups of 8 (28x28) in 0.59."""
+    gw, cg = f // groups, cin // groups
+    channel = plan_conv(f, cin, groups, out_w, lanes)
+    if gw > max_accumulators(lanes):
+        return None
+    vectors = -(-out_w // lanes)
+    xt = max(1, min(vectors, max_accumulators(lanes) // gw))
+    owp = -(-out_w // (xt * lanes)) * xt * lanes
+    cost = _step_cycles(gw, xt) / (gw * xt) * owp / out_w
+    if channel is not None and _conv_cost(channel, f, gw, out_w, lanes) <= cost:
+        return None
+    return ConvPlan(gw, xt, cg, f, gw, False, owp, 0, 0, 0, lanes)
+
+
 def plan_pointwise(f: int, cin: int, groups: int, columns: int, lanes: int,
-                   subsample: bool = False) -> ConvPlan | None:
+                   subsample: bool = False, images: int = 1) -> ConvPlan | None:
     """The plan for a 1x1 unpadded convolution computed over its H*W pixels as one row of
-    `columns`: a matrix product. The columns are split into parallel chunks of about 28
-    (a whole number of tiles). Up to XVEC_MAX_CIN input channels the tile is
-    column-vectorised. A task packs its chunk of the input first where the input's
-    planes are large (their rows would fall into few of L1's sets), where the chunking
-    pads the width, or to gather a strided convolution's pixels (`subsample`, which also
-    keeps the channel-vectorised tile: its gather is not a vector load)."""
+    `columns`: a matrix product. The columns of each of the `images` are split into
+    parallel chunks (a whole number of tiles, see `_chunk`). Up to XVEC_MAX_CIN input
+    channels the tile is column-vectorised. A task packs its chunk of the input first
+    where the input's planes are large (their rows would fall into few of L1's sets),
+    where the chunking pads the width, or to gather a strided convolution's pixels
+    (`subsample`, which also keeps the channel-vectorised tile: its gather is not a
+    vector load)."""
     if not subsample and groups == 1 and cin <= XVEC_MAX_CIN \
             and f % XVEC_CHANNELS[lanes >= 16] == 0:
         fr, xv = XVEC_CHANNELS[lanes >= 16], 2
@@ -141,7 +181,7 @@ def plan_pointwise(f: int, cin: int, groups: int, columns: int, lanes: int,
             #                   0.71 of the 8x2 tiles' time for ResNet-50's 512 -> 2048)
         tile = xv * lanes
         owp = -(-columns // tile) * tile
-        return ConvPlan(fr, xv, cin, f, f, False, owp, _chunk(tile, owp), 0, 0, lanes,
+        return ConvPlan(fr, xv, cin, f, f, False, owp, _chunk(tile, owp, images), 0, 0, lanes,
                         pack=owp > columns or columns >= PACK_MIN_COLUMNS)
     plan = plan_conv(f, cin, groups, columns, lanes)
     if plan is None:
@@ -151,17 +191,24 @@ def plan_pointwise(f: int, cin: int, groups: int, columns: int, lanes: int,
         # task (every block of output channels split between tasks) costs more (0.83-0.90
         # of the time in the network)
         return replace(plan, pack=False)
-    return replace(plan, xc=_chunk(plan.xt, plan.ow_padded),
+    return replace(plan, xc=_chunk(plan.xt, plan.ow_padded, images),
                    pack=subsample or plan.ow_padded > columns or columns >= PACK_MIN_COLUMNS)
 
 
-def _chunk(tile: int, columns: int) -> int:
-    """Columns per parallel task: the whole number of tiles dividing `columns` nearest
-    POINTWISE_CHUNK."""
+def _chunk(tile: int, columns: int, images: int = 1) -> int:
+    """Columns per parallel task: a whole number of tiles dividing `columns`, the widest
+    up to WIDE_CHUNK that still leaves WIDE_TASKS tasks over the images, or else the one
+    nearest POINTWISE_CHUNK (whichever is wider). Every task streams all the weights
+    once, so wider chunks read them fewer times; measured in the network at batch 8
+    (`resdsl tune --knobs`): ResNet-50's 56x56 1x1 layers took 0.80-0.86 of the time in
+    chunks of 224 columns, its 28x28 ones 0.83-0.90 in chunks of 160 and the strided
+    shortcut 0.79-0.86 in chunks of 112 or more; at batch 1 (14 or 5 tasks) those chunks
+    were slower (1.11-1.16), which WIDE_TASKS keeps out."""
     tiles = columns // tile
-    d = min((d for d in range(1, tiles + 1) if tiles % d == 0),
-            key=lambda d: (abs(tile * d - POINTWISE_CHUNK), -d))
-    return tile * d
+    divisors = [d for d in range(1, tiles + 1) if tiles % d == 0]
+    near = min(divisors, key=lambda d: (abs(tile * d - POINTWISE_CHUNK), -d))
+    wide = [d for d in divisors if tile * d <= WIDE_CHUNK and images * (tiles // d) >= WIDE_TASKS]
+    return tile * max(wide + [near])
 
 
 def pack_weights(w: np.ndarray, groups: int, plan: ConvPlan) -> np.ndarray:
@@ -279,6 +326,9 @@ def apply_conv_schedule(sch, plan: ConvPlan, f: int) -> None:
     if plan.xc:
         _chunked_schedule(sch, plan, b_acc, b_out, (bn, fo, fi, by, bx))
         return
+    if plan.xvec:
+        _window_xvec_schedule(sch, plan, b_acc, b_out, (bn, fo, fi, by, bx))
+        return
     xo, xi = sch.split(bx, [None, xt])
     sch.reorder(bn, fo, by, xo, xi, fi)
     sch.parallel(sch.fuse(bn, fo, by))
@@ -300,6 +350,38 @@ def apply_conv_schedule(sch, plan: ConvPlan, f: int) -> None:
     for b_pad in padded:
         pl = sch.get_loops(b_pad)
         sch.parallel(sch.fuse(pl[0], pl[1]))
+
+
+def _window_xvec_schedule(sch, plan: ConvPlan, b_acc, b_out, loops) -> None:
+    """The column-vectorised tile of a convolution with a window (`plan_grouped`): a
+    parallel task per image and block of FB output channels (one group) pads its group's
+    input planes into a buffer of its own (which then stays in L1/L2), then computes
+    every row; per input channel and window position a tile does XT vector loads of an
+    input row and FB weight broadcasts; the epilogue stores whole vectors along the
+    output rows."""
+    bn, fo, fi, by, bx = loops
+    xo, xi = sch.split(bx, [None, plan.xt * plan.xvec])
+    sch.reorder(bn, fo, by, xo, xi, fi)
+    task = sch.fuse(bn, fo)
+    sch.parallel(task)
+    sch.compute_at(b_acc, xo, preserve_unit_loops=True)
+    sch.set_scope(b_acc, 0, "local")
+    a_fi, a_x, a_rc, a_ry, a_rx = sch.get_loops(b_acc)[-5:]
+    a_xv, a_xl = sch.split(a_x, [plan.xt, plan.xvec])
+    sch.reorder(a_rc, a_ry, a_rx, a_fi, a_xv, a_xl)
+    sch.unroll(a_fi)
+    sch.unroll(a_xv)
+    _unroll_window(sch, plan, a_ry, a_rx)
+    sch.vectorize(a_xl)
+    sch.decompose_reduction(b_acc, a_rc)
+    o_x, o_f = sch.get_loops(b_out)[-2:]
+    sch.reorder(o_f, o_x)
+    _, o_xl = sch.split(o_x, [None, plan.xvec])
+    sch.vectorize(o_xl)
+    for b_pad in [b for b in sch.get_child_blocks(sch.get_sblock("root"))
+                  if sch.get(b).name_hint == "pad"]:
+        sch.compute_at(b_pad, task, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(b_pad)[-1])
 
 
 def _unroll_window(sch, plan: ConvPlan, a_ry, a_rx) -> None:
@@ -328,14 +410,21 @@ def candidate_plans(hand: ConvPlan, f: int, cin: int, groups: int, width: int, l
                 and 8 <= unit * d <= (512 if k == 1 else 128)]
 
     variants = []
-    for xc in chunks(hand) + ([0] if hand.xc and not hand.xvec else []):
-        variants.append(replace(hand, xc=xc, rcb=0))
+    if hand.xvec and k > 1:    # a column-vectorised window (`plan_grouped`): its unrolling
+        variants += [replace(hand, uk=1), replace(hand, uk=2)]      # and its width
+        for xt in range(1, max_accumulators(lanes) // hand.fb + 1):
+            unit = xt * hand.xvec
+            if xt != hand.xt and unit < 2 * width:
+                variants.append(replace(hand, xt=xt, ow_padded=-(-width // unit) * unit))
+    else:
+        for xc in chunks(hand) + ([0] if hand.xc and not hand.xvec else []):
+            variants.append(replace(hand, xc=xc, rcb=0))
     if hand.xc:
         variants.append(replace(hand, pack=not hand.pack))
         for rcb in (32, 64, 128, 256):
             if rcb < hand.cb and hand.cb % rcb == 0:
                 variants.append(replace(hand, rcb=rcb))
-    if k > 1:
+    if k > 1 and not hand.xvec:
         variants += [replace(hand, uk=1), replace(hand, uk=2)]
     # other register tiles, ranked by the cost model (as plan_conv ranks them)
     widths = [lanes * mult for mult in (1, 2, 3)] + ([lanes // 2] if lanes >= 16 else [])
@@ -353,8 +442,7 @@ def candidate_plans(hand: ConvPlan, f: int, cin: int, groups: int, width: int, l
         waste = fpad / f * (fb // fg if blockdiag else 1)
         for xt in range(2, min(width, max_accumulators(lanes) // vecs) + 1):
             owp = -(-width // xt) * xt
-            cycles = max(xt * vecs / 2, (xt + vecs) / 2, FMA_LATENCY)
-            cost = cycles / (xt * fb / lanes) * waste * owp / width
+            cost = _step_cycles(xt, vecs) / (xt * fb / lanes) * waste * owp / width
             plan = ConvPlan(fb, xt, cb, fpad, fpad if groups == 1 else fg, blockdiag, owp)
             if hand.xc:   # chunk the columns as the hand plan does, about as wide
                 near = chunks(plan)

@@ -478,7 +478,8 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     subsample = a.k == 1 and a.p == 0 and s > 1 and oh * ow > ow
     pointwise = a.k == 1 and a.p == 0 and (s == 1 or subsample) and oh * ow > ow
     if pointwise:
-        plan = plan_pointwise(f, cin, a.groups, oh * ow, lanes, subsample=subsample)
+        plan = plan_pointwise(f, cin, a.groups, oh * ow, lanes, subsample=subsample,
+                              images=ctx.batch)
         h, w, oh, ow, s = 1, oh * ow, 1, oh * ow, 1
     else:
         plan = plan_window(f, cin, a.groups, ow, lanes, a.k, a.s, w) if a.k > 1 \
