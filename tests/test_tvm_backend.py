@@ -575,6 +575,31 @@ def test_every_candidate_plan_computes_the_convolution(f, cin, groups, width, k,
         np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4, err_msg=str(plan))
 
 
+@pytest.mark.parametrize("f,groups,width,lanes,column", [
+    (128, 32, 56, 16, (4, 4, 64)),     # ResNeXt-50's groups of 4: 4 channels x 4 vectors
+    (256, 32, 28, 16, (8, 2, 32)),     # groups of 8
+    (64, 64, 56, 16, (1, 4, 64)),      # depthwise
+    (128, 32, 56, 8, (4, 2, 64)),      # groups of 4 with AVX2
+    (256, 32, 28, 8, None),            # groups of 8 fill an AVX2 register: no waste
+    (512, 32, 14, 16, None),           # groups of 16: the channel tile wastes nothing
+    (256, 32, 7, 16, None),            # a 7-wide row would pad to 16 columns
+])
+def test_grouped_plans(f, groups, width, lanes, column):
+    """Narrow groups get a column-vectorised tile (FB = the group's channels by XT vectors)
+    where it costs less than the channel-vectorised one, which multiplies block-diagonal
+    zeros for them."""
+    from resdsl.backends.tvm.kernels import max_accumulators, plan_grouped, plan_window
+    plan = plan_grouped(f, f, groups, width, lanes)
+    if column is None:
+        assert plan is None and not plan_window(f, f, groups, width, lanes, 3, 1, width).xvec
+        return
+    assert (plan.fb, plan.xt, plan.ow_padded) == column
+    assert plan.xvec == lanes and not plan.blockdiag and plan.cb == f // groups
+    assert plan.fb * plan.xt <= max_accumulators(lanes)
+    assert plan_window(f, f, groups, width, lanes, 3, 1, width) == plan
+    assert not plan_window(f, f, groups, width // 2, lanes, 3, 2, width).xvec   # strided
+
+
 def test_hand_plans_follow_the_in_network_measurements():
     """The rules the in-network knob search suggested (docs/tvm.md): a 7x7 plane's 1x1
     product is one tile of 4 vectors, a small strided 1x1 gathers its input whole, a
@@ -591,6 +616,13 @@ def test_hand_plans_follow_the_in_network_measurements():
     assert not p.xvec and p.pack and p.xc
     p = plan_pointwise(256, 64, 1, 3136, 16)
     assert p.xvec and p.pack and p.xc % (p.xt * 16) == 0
+    # wider column chunks where 32 tasks remain (the batch-8 search: 224 at 56x56, 160 at
+    # 28x28); at batch 1 the chunks stay narrow
+    assert plan_pointwise(256, 64, 1, 3136, 16, images=8).xc == 224
+    assert plan_pointwise(256, 64, 1, 3136, 16, images=1).xc == 64
+    assert plan_pointwise(512, 128, 1, 784, 16, images=8).xc == 160
+    assert plan_pointwise(512, 128, 1, 784, 16, images=1).xc == 32
+    assert plan_pointwise(512, 256, 1, 784, 16, subsample=True, images=8).xc == 112
     assert plan_window(128, 128, 1, 28, 16, 3, 2, 56).xc == 14
     assert plan_window(64, 3, 1, 112, 16, 7, 2, 224).xc == 0
     assert plan_window(64, 64, 1, 56, 16, 3, 1, 56).xc == 0
