@@ -626,4 +626,6 @@ def test_hand_plans_follow_the_in_network_measurements():
     assert plan_window(128, 128, 1, 28, 16, 3, 2, 56).xc == 14
     assert plan_window(64, 3, 1, 112, 16, 7, 2, 224).xc == 0
     assert plan_window(64, 64, 1, 56, 16, 3, 1, 56).xc == 0
+    p = plan_window(32, 128, 1, 56, 16, 3, 1, 56)        # one block of output channels:
+    assert p.fb == p.f_padded == 32 and p.xc == p.ow_padded and p.pack   # whole rows packed
     assert plan_window(256, 256, 1, 14, 16, 3, 2, 28).xc == 0
