@@ -67,6 +67,16 @@ def test_llvm_agrees_with_torch_imagenet_reduced(name):
     check_agrees(resdsl.load(spec(name), params={"size": 64}))
 
 
+def test_llvm_agrees_with_torch_with_avx2_plans(monkeypatch):
+    """The blockings an AVX2 host gets (8 lanes: other register tiles, groups of 4 as
+    column tiles of 8-lane vectors) compute the same network; they run on any x86-64 host
+    with AVX2 or better, so this one checks them."""
+    from resdsl.backends.tvm import compile as compile_module
+    from resdsl.backends.tvm import target
+    monkeypatch.setattr(compile_module, "host_cpu", lambda: target.CpuInfo("x86-64-v3", 8, 2))
+    check_agrees(resdsl.load(spec("resnext50_32x4d"), params={"size": 96}))
+
+
 def test_llvm_agrees_with_torch_resnet50_224():
     check_agrees(resdsl.load(spec("resnet50")), batch=1)
 
@@ -532,21 +542,23 @@ def test_candidate_plans_are_valid_blockings():
             assert not c.xvec or (c.xvec == lanes and (c.xc if args[5] == 1 else not c.xc))
 
 
-@pytest.mark.parametrize("f,cin,groups,width,k,stride", [
-    (64, 64, 1, 196, 1, 1),       # a 1x1 product (column-vectorised by hand)
-    (48, 640, 1, 49, 1, 1),       # a 1x1 product, channel-vectorised by hand
-    (32, 32, 1, 10, 3, 1),        # a 3x3 convolution
-    (64, 64, 16, 9, 3, 2),        # grouped, strided
-    (32, 32, 8, 13, 3, 1),        # groups of 4, column-vectorised by hand, padded columns
-    (16, 16, 16, 20, 3, 1),       # depthwise, column-vectorised by hand
+@pytest.mark.parametrize("f,cin,groups,width,k,stride,lanes", [
+    (64, 64, 1, 196, 1, 1, 16),       # a 1x1 product (column-vectorised by hand)
+    (48, 640, 1, 49, 1, 1, 16),       # a 1x1 product, channel-vectorised by hand
+    (32, 32, 1, 10, 3, 1, 16),        # a 3x3 convolution (one channel block: rows packed)
+    (64, 64, 16, 9, 3, 2, 16),        # grouped, strided
+    (32, 32, 8, 13, 3, 1, 16),        # groups of 4, column-vectorised, padded columns
+    (16, 16, 16, 20, 3, 1, 16),       # depthwise, column-vectorised by hand
+    (32, 32, 8, 13, 3, 1, 8),         # groups of 4 with AVX2's 8 lanes
 ])
-def test_every_candidate_plan_computes_the_convolution(f, cin, groups, width, k, stride):
+def test_every_candidate_plan_computes_the_convolution(f, cin, groups, width, k, stride,
+                                                       lanes):
     """The knob search may apply any candidate: each one compiles and computes the same
     convolution (bias, residual, ReLU) as torch."""
     from resdsl.backends.tvm.kernels import (candidate_plans, conv_func, pack_weights,
                                              plan_pointwise, plan_window)
     from resdsl.backends.tvm.target import make_target
-    lanes, n, pad = 16, 1, k // 2
+    n, pad = 1, k // 2
     h = w = width if k > 1 else 1
     if k == 1:
         hand = plan_pointwise(f, cin, groups, width, lanes)
