@@ -134,7 +134,7 @@ def plan_window(f: int, cin: int, groups: int, out_w: int, lanes: int, k: int, s
     of the time, measured in the network). A stride-1 one with a single block of output
     channels (DenseNet's 3x3 convolutions to 32 channels) packs the input rows of each
     output row once, in a task of its own, instead of every tile reading them from 128
-    channel planes, a page each (in the network: 0.77-0.94 of the time)."""
+    channel planes, a page each (in the network: 0.77-1.01 of the time)."""
     if groups > 1 and s == 1:
         grouped = plan_grouped(f, cin, groups, out_w, lanes)
         if grouped is not None:
