@@ -117,11 +117,10 @@ def plan_conv(f: int, cin: int, groups: int, out_w: int, lanes: int) -> ConvPlan
         waste = fpad / f * (fb // fg if blockdiag else 1)
         group_width = fpad if groups == 1 else fg
         for xt in range(1, min(out_w, max_accumulators(lanes) // vecs) + 1):
-            owp = -(-out_w // xt) * xt
-            cost = _step_cycles(xt, vecs) / (xt * fb / lanes) * waste * owp / out_w
-            key = (round(cost, 6), round(waste, 6), -fb, -xt)
+            plan = ConvPlan(fb, xt, cb, fpad, group_width, blockdiag, -(-out_w // xt) * xt)
+            key = (round(_conv_cost(plan, f, fg, out_w, lanes), 6), round(waste, 6), -fb, -xt)
             if best is None or key < best[0]:
-                best = (key, ConvPlan(fb, xt, cb, fpad, group_width, blockdiag, owp))
+                best = (key, plan)
     return best[1] if best else None
 
 
@@ -447,11 +446,10 @@ def candidate_plans(hand: ConvPlan, f: int, cin: int, groups: int, width: int, l
             fpad, blockdiag, cb = f, True, (fb // fg) * (cin // groups)
         else:
             continue
-        waste = fpad / f * (fb // fg if blockdiag else 1)
         for xt in range(2, min(width, max_accumulators(lanes) // vecs) + 1):
-            owp = -(-width // xt) * xt
-            cost = _step_cycles(xt, vecs) / (xt * fb / lanes) * waste * owp / width
-            plan = ConvPlan(fb, xt, cb, fpad, fpad if groups == 1 else fg, blockdiag, owp)
+            plan = ConvPlan(fb, xt, cb, fpad, fpad if groups == 1 else fg, blockdiag,
+                            -(-width // xt) * xt)
+            cost = _conv_cost(plan, f, fg, width, lanes)
             if hand.xc:   # chunk the columns as the hand plan does, about as wide
                 near = chunks(plan)
                 if not near:
