@@ -170,6 +170,7 @@ def conv_kernels(arch, weights, batch: int, db: str | None = None):
     from resdsl.backends.tvm.compile import (_drop_reshapes, _parallelize_rest,
                                              apply_database, prepare)
     from resdsl.backends.tvm.lower import lower
+    from resdsl.backends.tvm.parallel import tir_pipeline
     target = make_target("llvm")
     # one kernel per shape (the network shares some across input-channel counts)
     lowered = lower(arch, weights, batch=batch, lanes=host_cpu().vector_lanes,
@@ -192,7 +193,7 @@ def conv_kernels(arch, weights, batch: int, db: str | None = None):
             continue
         info = json.loads(str(func.attrs["resdsl.conv"]))
         lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                          target=target)
+                          target=target, tir_pipeline=tir_pipeline(target))
         args = [tvm.runtime.tensor(rng.standard_normal([int(d) for d in a.shape],
                                                        dtype=np.float32))
                 for a in ms.arg_info.ArgInfo.from_prim_func(func)]

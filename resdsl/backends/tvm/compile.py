@@ -6,7 +6,7 @@
   GPU pipeline (legalization, fusion, dlight schedules: its Matmul rule for the
   convolutions); with a tuning database, its records replace the default schedules.
 
-The import graph of this package runs one way: kernels, target, lower <- compile (this
+The import graph of this package runs one way: kernels, target, lower, parallel <- compile (this
 module: lowering for a target, the passes that make tuning tasks, applying a database)
 <- artifact (build, write, load) and tune (search, records), which never import each
 other.
@@ -20,6 +20,7 @@ from pathlib import Path
 from resdsl.backends.tvm.cuda import convs_to_gemm
 from resdsl.backends.tvm.kernels import ConvPlan, parallelize, schedule_conv
 from resdsl.backends.tvm.lower import lower
+from resdsl.backends.tvm.parallel import tir_pipeline
 from resdsl.backends.tvm.target import host_cpu
 from resdsl.errors import ResdslError
 
@@ -65,7 +66,7 @@ def compile_module(arch, weights: dict, target, batch: int = 1, db: str | None =
     stage(f"building for {target.kind.name}"
           + (f" ({target.arch})" if target.kind.name == "cuda" else ""))
     with target:
-        ex = tvm.compile(mod, target=target)
+        ex = tvm.compile(mod, target=target, tir_pipeline=tir_pipeline(target))
     return ex, lowered
 
 

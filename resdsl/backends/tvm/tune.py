@@ -28,6 +28,7 @@ from typing import Any
 from resdsl.backends.tvm.compile import (KNOB_FILE, best_candidates, default_weights,
                                          llvm_module, lower_for, prepare)
 from resdsl.backends.tvm.kernels import (ConvPlan, apply_conv_schedule, candidate_plans)
+from resdsl.backends.tvm.parallel import tir_pipeline
 from resdsl.backends.tvm.target import host_cpu, make_target
 from resdsl.errors import ResdslError
 
@@ -37,7 +38,7 @@ def _time_function(mod, target, repeats: int = 20) -> float:
     import numpy as np
     import tvm
     import tvm.s_tir.meta_schedule as ms
-    lib = tvm.compile(mod, target=target)
+    lib = tvm.compile(mod, target=target, tir_pipeline=tir_pipeline(target))
     rng = np.random.default_rng(0)
     args = [tvm.runtime.tensor(rng.standard_normal([int(d) for d in info.shape],
                                                    dtype=np.float32))
@@ -218,7 +219,7 @@ class _Network:
         lowered = lower_for(arch, weights, target, batch, plans=plans)
         mod = llvm_module(lowered.mod, target)
         with target:
-            executable = tvm.compile(mod, target=target)
+            executable = tvm.compile(mod, target=target, tir_pipeline=tir_pipeline(target))
         dev = tvm.cpu()
         vm = relax.VirtualMachine(executable, dev)
         self.plans = {key: c["plan"] for key, c in lowered.convs.items()}
