@@ -319,6 +319,43 @@ def test_pointwise_kernel_matches_torch(n, cin, h, w, f, stride, symbolic, chang
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("hw,change", [
+    ((12, 12), {}),                                   # packed, column-vectorised
+    ((5, 7), {}),                                     # padded columns
+    ((12, 12), {"pack": False}),                      # read in place: a pass of its own
+    ((7, 7), {"xvec": 0, "fb": 16, "xt": 7, "ow_padded": 49, "xc": 49}),  # channel tiles
+])
+def test_pointwise_kernel_prologue_matches_torch(hw, change):
+    """DenseNet's bottleneck: the batch norm and ReLU of the first `cin` channels of a
+    dense block's buffer, then the 1x1 convolution (with its own bias and ReLU), in one
+    kernel whose input channels are symbolic; against torch, for two layers' widths."""
+    import dataclasses
+
+    from resdsl.backends.tvm.kernels import conv_func, pack_weights, plan_pointwise
+    from resdsl.backends.tvm.target import make_target
+    n, total, f = 2, 40, 32
+    h, w = hw
+    plan = dataclasses.replace(plan_pointwise(f, 24, 1, h * w, 16, images=n), **change)
+    func = conv_func(n, None, 1, h * w, f, 1, 1, 0, 1, 1, plan, False, True,
+                     prologue=(total, True))
+    kernel = tvm.compile(tvm.IRModule({"main": func}), target=make_target("llvm")).jit()
+    rng = np.random.default_rng(2)
+    block = rng.standard_normal((n, total, h, w), dtype=np.float32)
+    for cin in (24, 40):
+        wt = rng.standard_normal((f, cin, 1, 1), dtype=np.float32)
+        b, = rng.standard_normal((1, f), dtype=np.float32)
+        scale, shift = rng.standard_normal((2, cin), dtype=np.float32)
+        out = tvm.runtime.tensor(np.zeros((n, f, 1, h * w), np.float32))
+        kernel["main"](*[tvm.runtime.tensor(a) for a in (
+            block.reshape(n, total, 1, h * w), pack_weights(wt, 1, dataclasses.replace(
+                plan, cb=cin)), b, scale, shift)], out)
+        x = torch.relu(torch.from_numpy(block[:, :cin]) * torch.from_numpy(scale)[:, None, None]
+                       + torch.from_numpy(shift)[:, None, None])
+        ref = torch.relu(torch.nn.functional.conv2d(x, torch.from_numpy(wt), torch.from_numpy(b)))
+        np.testing.assert_allclose(out.numpy().reshape(n, f, h, w), ref.numpy(),
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_block_diagonal_packing_matches_grouped_convolution():
     from resdsl.backends.tvm.kernels import pack_weights, plan_conv
     w = np.random.default_rng(0).standard_normal((16, 2, 3, 3), dtype=np.float32)  # 8 groups
@@ -457,9 +494,29 @@ def test_concat_grow_kernel_matches_numpy():
         np.testing.assert_allclose(out.numpy(), ref, rtol=1e-6, atol=1e-6)
 
 
+def test_concat_copy_step_writes_only_the_new_part():
+    """A growing concatenation step whose batch norm and ReLU the next convolution
+    applies: it copies the new part into channels c - g .. c of the buffer and nothing
+    else (c from the length of its third argument)."""
+    from resdsl.backends.tvm.kernels import concat_grow_func
+    from resdsl.backends.tvm.target import make_target
+    lib = tvm.compile(tvm.IRModule({"main": concat_grow_func(2, 20, 5, 7, True, True,
+                                                             out=False)}),
+                      target=make_target("llvm"))
+    rng = np.random.default_rng(0)
+    for c, g in [(12, 4), (20, 8)]:
+        block = rng.standard_normal((2, 20, 5, 7), dtype=np.float32)
+        new = rng.standard_normal((2, g, 5, 7), dtype=np.float32)
+        buf = tvm.runtime.tensor(block)
+        lib["main"](buf, tvm.runtime.tensor(new), tvm.runtime.tensor(np.zeros(c, np.float32)))
+        expect = block.copy()
+        expect[:, c - g:c] = new
+        np.testing.assert_array_equal(buf.numpy(), expect)
+
+
 def test_densenet_kernels_do_not_grow_with_concat_widths():
-    """DenseNet-121: one concatenation kernel per dense block (not one per width), one 1x1
-    convolution kernel per output shape (input channels symbolic), no reshape code."""
+    """DenseNet-121: one concatenation kernel per dense block (not one per width), a few 1x1
+    convolution kernels per output shape (input channels symbolic), no reshape code."""
     from tvm import tirx
 
     from resdsl.backends.tvm.compile import _drop_reshapes, prepare
@@ -469,9 +526,14 @@ def test_densenet_kernels_do_not_grow_with_concat_widths():
     mod = _drop_reshapes(prepare(lower(arch, arch.to_torch(seed=0).state_dict(), batch=1,
                                        lanes=16).mod, make_target("llvm")))
     names = [g.name_hint for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)]
-    assert len([n for n in names if n.startswith("concat_grow")]) == 4
-    assert len([n for n in names if n.startswith("concat")]) == 8
-    assert len([n for n in names if n.startswith("conv")]) <= 16
+    # a chain's steps copy their new part in (the next 1x1 convolution applies the batch
+    # norm and ReLU); only the last block's last step, before the classifier, writes them
+    assert len([n for n in names if n.startswith("concat_copy")]) == 4
+    assert len([n for n in names if n.startswith("concat_grow")]) == 1
+    assert len([n for n in names if n.startswith("concat")]) == 9
+    # per block: the first layer's 1x1, the other layers' (with the prologue), the
+    # transition's, the 3x3; and the stem
+    assert len([n for n in names if n.startswith("conv")]) <= 17
     assert not [n for n in names if re.fullmatch(r"(fused_)?(reshape\d*_?)+", n)]
 
 

@@ -239,7 +239,8 @@ def pack_weights(w: np.ndarray, groups: int, plan: ConvPlan) -> np.ndarray:
 
 def conv_func(n: int, cin: int | None, h: int, w: int, f: int, k: int, s: int, p: int, d: int,
               groups: int, plan: ConvPlan, residual: bool, relu: bool,
-              schedule: bool = True, subsample: tuple[int, int, int] | None = None):
+              schedule: bool = True, subsample: tuple[int, int, int] | None = None,
+              prologue: tuple[int, bool] | None = None):
     """A PrimFunc main(data, wp, bias, [residual], out); scheduled by hand unless
     `schedule` is false (then it is left for MetaSchedule to tune). `cin` may be None
     for an ungrouped convolution: the input channels are then symbolic (taken from the
@@ -249,7 +250,14 @@ def conv_func(n: int, cin: int | None, h: int, w: int, f: int, k: int, s: int, p
     `subsample` (H, W, S), for a strided 1x1 convolution computed as a matrix product
     (h == 1, k == 1, s == 1, w == the output pixels): `data` is the [n, cin, H, W]
     input, and column x reads its pixel (x // OW * S, x % OW * S); a chunked schedule
-    gathers those pixels once per task, as it packs an input chunk anyway."""
+    gathers those pixels once per task, as it packs an input chunk anyway.
+
+    `prologue` (C, relu), for an ungrouped convolution with symbolic input channels: `data`
+    is [n, C, h, w] of which the convolution reads the first `cin` channels (those its
+    weights have) through a per-channel affine map (arguments `scale`, `shift` [cin],
+    after `bias`) and, if `relu`, ReLU -- DenseNet's batch norm and ReLU before each
+    layer, applied to a dense block's buffer as a chunked schedule packs it, instead of
+    by a pass that wrote them out for every layer."""
     from tvm import te, tirx
 
     oh = (h + 2 * p - d * (k - 1) - 1) // s + 1
@@ -259,6 +267,8 @@ def conv_func(n: int, cin: int | None, h: int, w: int, f: int, k: int, s: int, p
         if groups != 1:
             raise ValueError("symbolic input channels need an ungrouped convolution")
         cin = cb = tirx.Var("cin", "int64")
+    elif prologue is not None:
+        raise ValueError("a prologue needs symbolic input channels")
     owp = plan.ow_padded or ow
     cg = cin // groups
     if subsample is not None:
@@ -267,11 +277,20 @@ def conv_func(n: int, cin: int | None, h: int, w: int, f: int, k: int, s: int, p
         data = te.placeholder((n, cin, h_in, w_in), "float32", name="data")
         gathered = te.compute((n, cin, h, w), lambda b, c, y, x: data[
             b, c, x // ow_in * s_in, x % ow_in * s_in], name="subsample")
+    elif prologue is not None:
+        data = te.placeholder((n, prologue[0], h, w), "float32", name="data")
+        scale = te.placeholder((cin,), "float32", name="scale")
+        shift = te.placeholder((cin,), "float32", name="shift")
+
+        def affine(b, c, y, x):
+            v = data[b, c, y, x] * scale[c] + shift[c]
+            return tirx.max(v, tirx.const(0.0, "float32")) if prologue[1] else v
+        gathered = te.compute((n, cin, h, w), affine, name="prologue")
     else:
         data = gathered = te.placeholder((n, cin, h, w), "float32", name="data")
     wp = te.placeholder((plan.f_padded // fb, cb, k, k, fb), "float32", name="wp")
     bias = te.placeholder((f,), "float32", name="bias")
-    inputs = [data, wp, bias]
+    inputs = [data, wp, bias] + ([scale, shift] if prologue is not None else [])
     # columns read by the padded output width, zero beyond the input
     need_w = max(w + 2 * p, (owp - 1) * s + d * (k - 1) + 1)
     if p or need_w > w:
@@ -353,7 +372,7 @@ def apply_conv_schedule(sch, plan: ConvPlan, f: int) -> None:
     sch.reorder(o_f, o_x)
     sch.vectorize(o_x)
     padded = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
-              if sch.get(b).name_hint in ("pad", "subsample")]
+              if sch.get(b).name_hint in ("pad", "subsample", "prologue")]
     for b_pad in padded:
         pl = sch.get_loops(b_pad)
         sch.parallel(sch.fuse(pl[0], pl[1]))
@@ -507,17 +526,19 @@ def _chunked_schedule(sch, plan: ConvPlan, b_acc, b_out, loops) -> None:
     stages = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
     if plan.pack or "subsample" in stages:
         b_pack = sch.cache_read(b_acc, 0, "global")
-        # the packing reads the input itself: the strided gather and the zero columns past
-        # the input (a padded width) are computed into the packed chunk, not as passes of
-        # their own over the whole tensor
-        for name in ("pad", "subsample"):
+        # the packing reads the input itself: the strided gather, the zero columns past
+        # the input (a padded width) and a prologue's batch norm and ReLU are computed
+        # into the packed chunk, not as passes of their own over the whole tensor
+        for name in ("pad", "subsample", "prologue"):
             if name in stages:
                 sch.compute_inline(stages[name])
         sch.compute_at(b_pack, task, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(b_pack)[-1])
-    elif "pad" in stages:
-        pl = sch.get_loops(stages["pad"])
-        sch.parallel(sch.fuse(pl[0], pl[1]))
+    else:
+        for name in ("prologue", "pad"):
+            if name in stages:
+                pl = sch.get_loops(stages[name])
+                sch.parallel(sch.fuse(pl[0], pl[1]))
     if plan.xvec:
         _xvec_tiles(sch, plan, b_acc, xi, task_acc)
         return
@@ -695,7 +716,8 @@ def concat_func(n: int, parts: list[int], h: int, w: int, affine: bool, relu: bo
     return from_source("\n".join(lines) + "\n", extra_vars={"T": T})
 
 
-def concat_grow_func(n: int, total: int, h: int, w: int, affine: bool, relu: bool):
+def concat_grow_func(n: int, total: int, h: int, w: int, affine: bool, relu: bool,
+                     out: bool = True):
     """One step of a growing concatenation (DenseNet: every layer's input is the previous
     layer's input plus its new channels), in place. `block` [n, total, h, w] holds the
     first c - g channels already; the new part `y` [n, g, h, w] is copied into channels
@@ -703,10 +725,28 @@ def concat_grow_func(n: int, total: int, h: int, w: int, affine: bool, relu: boo
     per-channel affine map and ReLU when asked. c and g are symbolic (taken from the
     buffers' shapes when called), so one function serves every layer of a dense block:
     the code does not grow with the number of distinct concatenation widths. Called
-    with `call_tir_inplace` (the block is argument 0 and the first output)."""
+    with `call_tir_inplace` (the block is argument 0 and the first output).
+
+    Without `out` the step only copies the new part in (the next convolution applies the
+    batch norm and ReLU itself: `conv_func`'s prologue), and its third argument, a
+    vector of c elements (that convolution's batch-norm scale), only gives c."""
     from tvm.script import from_source
     from tvm.script import tirx as T
 
+    if not out:
+        return from_source("\n".join([
+            "@T.prim_func",
+            "def main(var_block: T.handle, var_y: T.handle, var_width: T.handle):",
+            "    T.func_attr({'tirx.noalias': True, 'tirx.is_scheduled': True})",
+            "    c = T.int64()", "    g = T.int64()",
+            f"    block = T.match_buffer(var_block, ({n}, {total}, {h}, {w}), 'float32')",
+            f"    y = T.match_buffer(var_y, ({n}, g, {h}, {w}), 'float32')",
+            "    width = T.match_buffer(var_width, (c,), 'float32')",
+            f"    for task in T.parallel({n} * g):",
+            f"        for yy in range({h}):",
+            f"            for xx in T.vectorized({w}):",
+            "                block[task // g, c - g + task % g, yy, xx] = "
+            "y[task // g, task % g, yy, xx]"]) + "\n", extra_vars={"T": T})
     args = ["var_block: T.handle", "var_y: T.handle"]
     if affine:
         args += ["var_scale: T.handle", "var_shift: T.handle"]

@@ -66,6 +66,8 @@ class _Ctx:
         self.bb: Any = None             # the BlockBuilder (for ops that add PrimFuncs)
         self.funcs: dict = {}           # PrimFuncs added by ops, by shape
         self.chains: dict = {}          # growing concatenations: their buffer, so far
+        self.fold_bn: set = set()       # growing steps whose bn/relu the next 1x1 applies
+        self.prologues: dict = {}       # such a step's tail -> (scale, shift, relu, width)
         self.shared = True              # kernels shared across input-channel counts
         self.plans: dict = {}           # conv task key -> ConvPlan chosen by tuning
         self.convs: dict = {}           # conv task key -> its kernel's arguments, plan, calls
@@ -441,6 +443,23 @@ def _emit_grow(ctx: _Ctx, bb, fc: _Concat, values: dict, cache: dict, parts, cha
                                      .with_attr("op_pattern", 8), fname)
         ctx.chains[fc.chain] = bb.emit(relax.call_tir(
             cache[key], [values[p] for p in parts], buf_ty))
+    if fc.tail in ctx.fold_bn:
+        # only the new part is copied in: the 1x1 convolution after the step reads the
+        # buffer and applies the batch norm and ReLU as it packs its input chunks (its
+        # prologue), instead of this step writing them out for all c channels (DenseNet:
+        # a pass over every layer's whole input, 11% of DenseNet-121 at batch 8)
+        scale, shift = ctx.bn_affine(fc.bn)
+        scale_v = ctx.param(f"{fc.bn}.scale", scale)
+        shift_v = ctx.param(f"{fc.bn}.shift", shift)
+        ctx.prologues[fc.tail] = (scale_v, shift_v, fc.relu is not None, total)
+        key = ("concat-copy", n, total, h, w)
+        if key not in cache:
+            fname = f"concat_copy{len(cache)}_{total}x{h}x{w}"
+            func = concat_grow_func(n, total, h, w, False, False, out=False)
+            cache[key] = bb.add_func(func.with_attr("global_symbol", fname)
+                                     .with_attr("op_pattern", 8), fname)
+        return relax.call_tir_inplace(cache[key], [ctx.chains[fc.chain], values[parts[-1]],
+                                                   scale_v], 0, buf_ty)
     key = ("concat-grow", n, total, h, w, fc.bn is not None, fc.relu is not None)
     if key not in cache:
         fname = f"concat_grow{len(cache)}_{total}x{h}x{w}"
@@ -509,14 +528,21 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     # one kernel for the 1x1 convolutions that differ only in their input channels
     # (DenseNet: one width per layer), unless tuning (a task per shape)
     generic = pointwise and not subsample and a.groups == 1 and not tunable and ctx.shared
+    prologue = ctx.prologues.get(src)   # the batch norm and ReLU of a dense block's buffer
+    if prologue is not None:
+        if not generic:
+            raise AssertionError(f"{name}: a prologue needs the shared 1x1 kernel")
+        plan = replace(plan, pack=True) if plan.xc else plan
     key = (ctx.batch, None if generic else cin, h, w, f, a.k, s, a.p, a.d, a.groups,
            (h_in, w_in, a.s) if subsample else None,
-           replace(plan, cb=0) if generic else plan, fused.residual is not None, fused.relu)
+           replace(plan, cb=0) if generic else plan, fused.residual is not None, fused.relu,
+           prologue and prologue[2:])
     if key not in cache:
         func = conv_func(ctx.batch, None if generic else cin, h, w, f, a.k, s, a.p, a.d,
                          a.groups, plan, fused.residual is not None, fused.relu,
                          schedule=not tunable,
-                         subsample=(h_in, w_in, a.s) if subsample else None)
+                         subsample=(h_in, w_in, a.s) if subsample else None,
+                         prologue=prologue and (prologue[3], prologue[2]))
         fname = f"conv{len(cache)}_{f}x{'C' if generic else cin}k{a.k}s{a.s}"
         # opaque (op_pattern 8): operator fusion leaves the kernel whole, so its schedule
         # (or, when tuning, its hand schedule for untuned builds) still applies
@@ -541,9 +567,11 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
         if [int(v) for v in value.ty.shape] == list(shape):
             return value
         return bb.emit(relax.op.reshape(value, shape))
-    args = [values[src] if subsample else view(values[src], cin),
+    args = [values[src] if subsample else view(values[src], prologue[3] if prologue else cin),
             ctx.param(f"{name}.weight", pack_weights(wt, a.groups, plan)),
             ctx.param(f"{name}.bias", b)]
+    if prologue is not None:
+        args += list(prologue[:2])
     if fused.residual is not None:
         args.append(view(values[fused.residual], f))
     call = relax.call_tir(cache[key], args, relax.TensorType((ctx.batch, f, oh, ow), "float32"))
@@ -551,6 +579,31 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     if pointwise:
         call = relax.op.reshape(bb.emit(call), (ctx.batch, f) + tuple(g.nodes[name]["shape"][1:]))
     return call
+
+
+def _shared_pointwise(ctx: _Ctx, a, pixels: int, ow: int, tunable: bool) -> bool:
+    """Whether a convolution (attributes `a`, `pixels` output pixels in rows of `ow`)
+    becomes the shared 1x1 kernel, whose input channels are symbolic."""
+    return a.k == 1 and a.p == 0 and a.s == 1 and pixels > ow and a.groups == 1 \
+        and not tunable and ctx.shared
+
+
+def _bn_prologues(ctx: _Ctx, concats: dict, fusions: dict, tunable: bool) -> set[str]:
+    """The growing concatenation steps whose batch norm (and ReLU) the next convolution
+    applies as its prologue: a step whose only successor is a convolution that becomes
+    the shared 1x1 kernel (DenseNet's bottleneck and transition convolutions)."""
+    g = ctx.g
+    convs = {f.conv for f in fusions.values()}
+    out = set()
+    for fc in concats.values():
+        succ = list(g.successors(fc.tail))
+        if fc.chain is None or fc.bn is None or fc.tail in g.graph["outputs"] \
+                or len(succ) != 1 or succ[0] not in convs:
+            continue
+        _, oh, ow = g.nodes[succ[0]]["shape"]
+        if _shared_pointwise(ctx, g.nodes[succ[0]]["attrs"], oh * ow, ow, tunable):
+            out.add(fc.tail)
+    return out
 
 
 def _emit_linear(ctx: _Ctx, bb, name: str, values: dict, lanes: int, cache: dict):
@@ -606,6 +659,7 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
     cache: dict = {}
     bb = relax.BlockBuilder()
     ctx.lanes, ctx.bb, ctx.shared, ctx.plans = lanes, bb, shared, dict(plans or {})
+    ctx.fold_bn = _bn_prologues(ctx, concats, fusions, tunable)
     # parameters are created while lowering; build the body first, then the signature
     values: dict[str, Any] = {}
     with bb.function("main"):
@@ -626,6 +680,8 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
                 elif name in concats:
                     values[name] = bb.emit(_emit_concat(ctx, bb, concats[name], values, cache),
                                            name_hint=name.replace(".", "_"))
+                    if name in ctx.prologues:   # the step's value is the chain's buffer
+                        ctx.chains[concats[name].chain] = values[name]
                     continue
                 elif name in inside:
                     continue
