@@ -504,6 +504,8 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
         plan = plan_window(f, cin, a.groups, ow, lanes, a.k, a.s, w) if a.k > 1 \
             else plan_conv(f, cin, a.groups, ow, lanes)
     if plan is None:
+        if src in ctx.prologues:   # its input is a dense block's whole buffer
+            raise AssertionError(f"{name}: no kernel for a convolution with a prologue")
         return None
     task = conv_task_key(ctx.batch, cin, h, w, f, a.k, a.s, a.p, a.d, a.groups,
                          fused.residual is not None, fused.relu, lanes)
