@@ -534,6 +534,8 @@ def test_densenet_kernels_do_not_grow_with_concat_widths():
     # per block: the first layer's 1x1, the other layers' (with the prologue), the
     # transition's, the 3x3; and the stem
     assert len([n for n in names if n.startswith("conv")]) <= 17
+    # each block's first layer applies its batch norm and ReLU in its 1x1 kernel too
+    assert not [n for n in names if "multiply" in n]
     assert not [n for n in names if re.fullmatch(r"(fused_)?(reshape\d*_?)+", n)]
 
 

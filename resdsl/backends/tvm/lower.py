@@ -608,6 +608,34 @@ def _bn_prologues(ctx: _Ctx, concats: dict, fusions: dict, tunable: bool) -> set
     return out
 
 
+def _plain_prologues(ctx: _Ctx, fusions: dict, taken: set, folds: dict,
+                     tunable: bool) -> dict[str, str]:
+    """A batch norm [-> ReLU] whose only consumer is a convolution that becomes the shared
+    1x1 kernel, which then applies them as its prologue (the first layer of each of
+    DenseNet's dense blocks; a pre-activation bottleneck's first convolution): tail ->
+    the batch norm."""
+    g = ctx.g
+    outputs = set(g.graph["outputs"])
+    convs = {f.conv for f in fusions.values()}
+    out = {}
+    for name in topo_order(g):
+        if g.nodes[name]["op"] != "bn" or name in taken or name in outputs \
+                or inputs_of(g, name)[0] in folds:
+            continue
+        tail = name
+        succ = list(g.successors(tail))
+        if len(succ) == 1 and g.nodes[succ[0]]["op"] == "relu" and succ[0] not in taken \
+                and succ[0] not in outputs:
+            tail = succ[0]
+            succ = list(g.successors(tail))
+        if len(succ) != 1 or succ[0] not in convs:
+            continue
+        _, oh, ow = g.nodes[succ[0]]["shape"]
+        if _shared_pointwise(ctx, g.nodes[succ[0]]["attrs"], oh * ow, ow, tunable):
+            out[tail] = name
+    return out
+
+
 def _emit_linear(ctx: _Ctx, bb, name: str, values: dict, lanes: int, cache: dict):
     """The classifier as a call to resdsl's linear kernel (weights packed by blocks of
     output features)."""
@@ -662,6 +690,10 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
     bb = relax.BlockBuilder()
     ctx.lanes, ctx.bb, ctx.shared, ctx.plans = lanes, bb, shared, dict(plans or {})
     ctx.fold_bn = _bn_prologues(ctx, concats, fusions, tunable)
+    plain = _plain_prologues(ctx, fusions, set(inside) | set(fusions) | set(concats), folds,
+                             tunable) if lanes else {}
+    for tail, bn in plain.items():
+        inside.update({bn: None} if bn != tail else {})
     # parameters are created while lowering; build the body first, then the signature
     values: dict[str, Any] = {}
     with bb.function("main"):
@@ -670,6 +702,15 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
                 d = g.nodes[name]
                 if d["op"] == "input":
                     values[name] = x
+                    continue
+                if name in plain:   # the batch norm [and ReLU] the next 1x1 applies
+                    bn = plain[name]
+                    scale, shift = ctx.bn_affine(bn)
+                    (src,) = inputs_of(g, bn)
+                    ctx.prologues[name] = (ctx.param(f"{bn}.scale", scale),
+                                           ctx.param(f"{bn}.shift", shift), name != bn,
+                                           g.nodes[src]["shape"][0])
+                    values[name] = values[src]
                     continue
                 if name in fusions:
                     call = _emit_kernel(ctx, bb, fusions[name], values, lanes, cache,
