@@ -67,7 +67,7 @@ class _Ctx:
         self.funcs: dict = {}           # PrimFuncs added by ops, by shape
         self.chains: dict = {}          # growing concatenations: their buffer, so far
         self.fold_bn: set = set()       # growing steps whose bn/relu the next 1x1 applies
-        self.prologues: dict = {}       # such a step's tail -> (scale, shift, relu, width)
+        self.prologues: dict = {}       # a tail a 1x1 applies -> (scale, shift, relu, width)
         self.shared = True              # kernels shared across input-channel counts
         self.plans: dict = {}           # conv task key -> ConvPlan chosen by tuning
         self.convs: dict = {}           # conv task key -> its kernel's arguments, plan, calls
@@ -529,7 +529,7 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
         b = b * scale + shift
     # one kernel for the 1x1 convolutions that differ only in their input channels
     # (DenseNet: one width per layer), unless tuning (a task per shape)
-    generic = pointwise and not subsample and a.groups == 1 and not tunable and ctx.shared
+    generic = _shared_pointwise(ctx, name, tunable)
     prologue = ctx.prologues.get(src)   # the batch norm and ReLU of a dense block's buffer
     if prologue is not None:
         if not generic:
@@ -583,29 +583,30 @@ def _emit_kernel(ctx: _Ctx, bb, fused: _Fused, values: dict, lanes: int, cache: 
     return call
 
 
-def _shared_pointwise(ctx: _Ctx, a, pixels: int, ow: int, tunable: bool) -> bool:
-    """Whether a convolution (attributes `a`, `pixels` output pixels in rows of `ow`)
-    becomes the shared 1x1 kernel, whose input channels are symbolic."""
-    return a.k == 1 and a.p == 0 and a.s == 1 and pixels > ow and a.groups == 1 \
+def _shared_pointwise(ctx: _Ctx, conv: str, tunable: bool) -> bool:
+    """Whether convolution `conv` becomes the shared 1x1 kernel (a matrix product over
+    its pixels, its input channels symbolic)."""
+    a = ctx.g.nodes[conv]["attrs"]
+    _, oh, ow = ctx.g.nodes[conv]["shape"]
+    return a.k == 1 and a.p == 0 and a.s == 1 and oh * ow > ow and a.groups == 1 \
         and not tunable and ctx.shared
+
+
+def _feeds_shared_pointwise(ctx: _Ctx, tail: str, convs: set, tunable: bool) -> bool:
+    """Whether `tail`'s only consumer is one of `convs` that becomes the shared 1x1
+    kernel, which can then apply a batch norm [and ReLU] ending at `tail` itself."""
+    succ = list(ctx.g.successors(tail))
+    return tail not in ctx.g.graph["outputs"] and len(succ) == 1 and succ[0] in convs \
+        and _shared_pointwise(ctx, succ[0], tunable)
 
 
 def _bn_prologues(ctx: _Ctx, concats: dict, fusions: dict, tunable: bool) -> set[str]:
     """The growing concatenation steps whose batch norm (and ReLU) the next convolution
     applies as its prologue: a step whose only successor is a convolution that becomes
     the shared 1x1 kernel (DenseNet's bottleneck and transition convolutions)."""
-    g = ctx.g
     convs = {f.conv for f in fusions.values()}
-    out = set()
-    for fc in concats.values():
-        succ = list(g.successors(fc.tail))
-        if fc.chain is None or fc.bn is None or fc.tail in g.graph["outputs"] \
-                or len(succ) != 1 or succ[0] not in convs:
-            continue
-        _, oh, ow = g.nodes[succ[0]]["shape"]
-        if _shared_pointwise(ctx, g.nodes[succ[0]]["attrs"], oh * ow, ow, tunable):
-            out.add(fc.tail)
-    return out
+    return {fc.tail for fc in concats.values() if fc.chain is not None and fc.bn is not None
+            and _feeds_shared_pointwise(ctx, fc.tail, convs, tunable)}
 
 
 def _plain_prologues(ctx: _Ctx, fusions: dict, taken: set, folds: dict,
@@ -627,11 +628,7 @@ def _plain_prologues(ctx: _Ctx, fusions: dict, taken: set, folds: dict,
         if len(succ) == 1 and g.nodes[succ[0]]["op"] == "relu" and succ[0] not in taken \
                 and succ[0] not in outputs:
             tail = succ[0]
-            succ = list(g.successors(tail))
-        if len(succ) != 1 or succ[0] not in convs:
-            continue
-        _, oh, ow = g.nodes[succ[0]]["shape"]
-        if _shared_pointwise(ctx, g.nodes[succ[0]]["attrs"], oh * ow, ow, tunable):
+        if _feeds_shared_pointwise(ctx, tail, convs, tunable):
             out[tail] = name
     return out
 
@@ -692,8 +689,7 @@ def lower(arch, weights: dict, batch: int = 1, lanes: int | None = None,
     ctx.fold_bn = _bn_prologues(ctx, concats, fusions, tunable)
     plain = _plain_prologues(ctx, fusions, set(inside) | set(fusions) | set(concats), folds,
                              tunable) if lanes else {}
-    for tail, bn in plain.items():
-        inside.update({bn: None} if bn != tail else {})
+    inside.update({bn: None for tail, bn in plain.items() if bn != tail})
     # parameters are created while lowering; build the body first, then the signature
     values: dict[str, Any] = {}
     with bb.function("main"):
