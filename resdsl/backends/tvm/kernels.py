@@ -34,6 +34,7 @@ MIN_TASKS = 16        # parallel tasks a packed 1x1 convolution makes at least (
 ROW_PACK_MAX_BLOCKS = 1   # a stride-1 window with this few channel blocks packs its rows
 WIDE_CHUNK = 224      # columns a 1x1 task takes at most where the tasks stay many: ...
 WIDE_TASKS = 32       # ... at least this many (images x column chunks)
+PANEL_PACK = True
 
 
 def max_accumulators(lanes: int) -> int:
@@ -266,7 +267,7 @@ def conv_func(n: int, cin: int | None, h: int, w: int, f: int, k: int, s: int, p
     if cin is None:
         if groups != 1:
             raise ValueError("symbolic input channels need an ungrouped convolution")
-        cin = cb = tirx.Var("cin", "int64")
+        cin = cb = tirx.Var("cin", "int32")
     elif prologue is not None:
         raise ValueError("a prologue needs symbolic input channels")
     owp = plan.ow_padded or ow
@@ -533,7 +534,13 @@ def _chunked_schedule(sch, plan: ConvPlan, b_acc, b_out, loops) -> None:
             if name in stages:
                 sch.compute_inline(stages[name])
         sch.compute_at(b_pack, task, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(b_pack)[-1])
+        if PANEL_PACK and int(sch.get(b_acc).iter_vars[-1].dom.extent) == 1:
+            # tile-major: each register tile's columns of every input channel contiguous
+            sch.transform_layout(b_pack, ("write", 0),
+                                 lambda b, c, y, x: (b, y, x // tile, c, x % tile))
+            sch.vectorize(sch.split(sch.get_loops(b_pack)[-1], [None, tile])[1])
+        else:
+            sch.vectorize(sch.get_loops(b_pack)[-1])
     else:
         for name in ("prologue", "pad"):
             if name in stages:
