@@ -286,6 +286,12 @@ def test_half_register_plan_computes_the_grouped_convolution(groups):
     (1, 64, 7, 7, 96, 1, False, {"pack": False}),     # padded columns, not packed
     (2, 32, 15, 15, 48, 2, False, {"xvec": 16, "fb": 8, "xt": 2, "xc": 32,
                                    "ow_padded": 64, "f_padded": 48}),  # gathered, by columns
+    (4, 48, 14, 14, 64, 1, False, {"xvec": 0, "fb": 32, "xt": 14, "xc": 98,
+                                   "ow_padded": 196}),  # the wide tile (28 accumulators)
+    (4, 48, 14, 14, 64, 1, True, {"xvec": 0, "fb": 32, "xt": 14, "xc": 98,
+                                  "ow_padded": 196}),
+    (1, 40, 12, 12, 64, 1, False, {"xvec": 0, "fb": 32, "xt": 12, "xc": 144,
+                                   "ow_padded": 144, "rcb": 16}),
 ])
 def test_pointwise_kernel_matches_torch(n, cin, h, w, f, stride, symbolic, change):
     """A 1x1 convolution computed as a matrix product over its (possibly strided) pixels:
@@ -324,6 +330,7 @@ def test_pointwise_kernel_matches_torch(n, cin, h, w, f, stride, symbolic, chang
     ((5, 7), {}),                                     # padded columns
     ((12, 12), {"pack": False}),                      # read in place: a pass of its own
     ((7, 7), {"xvec": 0, "fb": 16, "xt": 7, "ow_padded": 49, "xc": 49}),  # channel tiles
+    ((14, 14), {"xvec": 0, "fb": 32, "xt": 14, "ow_padded": 196, "xc": 98}),  # the wide tile
 ])
 def test_pointwise_kernel_prologue_matches_torch(hw, change):
     """DenseNet's bottleneck: the batch norm and ReLU of the first `cin` channels of a
@@ -587,9 +594,13 @@ def test_knob_tuning_records_resumes_and_applies(tmp_path, capsys):
 
 
 def test_candidate_plans_are_valid_blockings():
-    from resdsl.backends.tvm.kernels import (candidate_plans, max_accumulators, plan_conv,
-                                             plan_pointwise, plan_window)
+    from resdsl.backends.tvm.kernels import (POINTWISE_ACCUMULATORS, candidate_plans,
+                                             max_accumulators, plan_conv, plan_pointwise,
+                                             plan_window)
     for hand, args in [(plan_pointwise(256, 64, 1, 3136, 16), (256, 64, 1, 3136, 16, 1)),
+                       (plan_pointwise(256, 512, 1, 196, 16), (256, 512, 1, 196, 16, 1)),
+                       (plan_pointwise(256, 512, 1, 196, 16, images=8),
+                        (256, 512, 1, 196, 16, 1)),
                        (plan_conv(64, 64, 1, 56, 8), (64, 64, 1, 56, 8, 3)),
                        (plan_conv(128, 128, 32, 56, 16), (128, 128, 32, 56, 16, 3)),
                        (plan_window(128, 128, 32, 56, 16, 3, 1, 56), (128, 128, 32, 56, 16, 3))]:
@@ -600,7 +611,9 @@ def test_candidate_plans_are_valid_blockings():
             unit = c.xt * (c.xvec or 1)              # columns of a register tile
             assert c.ow_padded % unit == 0 and c.ow_padded >= args[3]
             registers = c.xt * (c.fb if c.xvec else max(1, c.fb // lanes))
-            assert registers <= max_accumulators(lanes)
+            # a 1x1 product's wide tile (AVX-512) may take more, a window's tile may not
+            wide = args[5] == 1 and not c.xvec and lanes >= 16
+            assert registers <= (POINTWISE_ACCUMULATORS if wide else max_accumulators(lanes))
             assert c.xc == 0 or (c.xc % unit == 0 and c.ow_padded % c.xc == 0)
             # column-vectorised: a chunked 1x1 product, or a window's tile of whole rows
             assert not c.xvec or (c.xvec == lanes and (c.xc if args[5] == 1 else not c.xc))
@@ -699,6 +712,16 @@ def test_hand_plans_follow_the_in_network_measurements():
     assert plan_pointwise(512, 128, 1, 784, 16, images=8).xc == 160
     assert plan_pointwise(512, 128, 1, 784, 16, images=1).xc == 32
     assert plan_pointwise(512, 256, 1, 784, 16, subsample=True, images=8).xc == 112
+    # a 14x14 plane from 4 images: the wide tile (2 registers of channels by 14 columns,
+    # half a plane a task); at batch 1, strided, or with AVX2 the usual tiles
+    p = plan_pointwise(1024, 512, 1, 196, 16, images=8)
+    assert (p.fb, p.xt, p.xvec, p.xc, p.ow_padded, p.pack) == (32, 14, 0, 98, 196, True)
+    assert plan_pointwise(256, 1024, 1, 196, 16, images=4).xt == 14
+    assert plan_pointwise(1024, 512, 1, 196, 16, images=1).xvec
+    assert plan_pointwise(1024, 512, 1, 196, 16, subsample=True, images=8).xt != 14
+    assert plan_pointwise(1024, 512, 1, 196, 8, images=8).xvec
+    assert plan_pointwise(2048, 512, 1, 49, 16, images=8).xvec         # 7x7: 4 vectors
+    assert plan_pointwise(512, 128, 1, 784, 16, images=8).xvec         # 28x28: 8x2
     assert plan_window(128, 128, 1, 28, 16, 3, 2, 56).xc == 14
     assert plan_window(64, 3, 1, 112, 16, 7, 2, 224).xc == 0
     assert plan_window(64, 64, 1, 56, 16, 3, 1, 56).xc == 0
