@@ -331,6 +331,7 @@ def test_pointwise_kernel_matches_torch(n, cin, h, w, f, stride, symbolic, chang
     ((12, 12), {"pack": False}),                      # read in place: a pass of its own
     ((7, 7), {"xvec": 0, "fb": 16, "xt": 7, "ow_padded": 49, "xc": 49}),  # channel tiles
     ((14, 14), {"xvec": 0, "fb": 32, "xt": 14, "ow_padded": 196, "xc": 98}),  # the wide tile
+    ((12, 12), {"xc": 160}),     # 2 tasks of 4 channel blocks each: packed once, in a pass
 ])
 def test_pointwise_kernel_prologue_matches_torch(hw, change):
     """DenseNet's bottleneck: the batch norm and ReLU of the first `cin` channels of a
