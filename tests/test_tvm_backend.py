@@ -547,6 +547,40 @@ def test_densenet_kernels_do_not_grow_with_concat_widths():
     assert not [n for n in names if re.fullmatch(r"(fused_)?(reshape\d*_?)+", n)]
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 112, 112), (2, 3, 7, 9), (1, 5, 2, 3),
+                                   (1, 2, 1, 1), (1, 4, 17, 16)])
+def test_maxpool_kernel_matches_torch(shape):
+    """The stems' 3x3 stride-2 max pool (padding 1) as resdsl's kernel: equal to torch for
+    even and odd sizes, a single pixel, and all-negative inputs (the padding never wins)."""
+    from resdsl.backends.tvm.kernels import maxpool_func
+    from resdsl.backends.tvm.target import make_target
+    x = np.random.default_rng(3).standard_normal(shape, dtype=np.float32) - 10
+    ref = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, 1).numpy()
+    kernel = tvm.compile(tvm.IRModule({"main": maxpool_func(*shape)}),
+                         target=make_target("llvm")).jit()
+    out = tvm.runtime.tensor(np.zeros(ref.shape, np.float32))
+    kernel["main"](tvm.runtime.tensor(x), out)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_stem_max_pool_is_resdsls_kernel_other_pools_stay_generic():
+    """A 3x3, stride-2, padding-1 max pool (the stems') lowers to the hand kernel, on an
+    odd-sized plane too; pools with other parameters keep TVM's own; the network agrees
+    with torch."""
+    from tvm import tirx
+
+    from resdsl.backends.tvm.lower import lower
+    arch = resdsl.loads("model pools() {\n    input [3, 21, 21]\n"
+                        "    c: conv(8, k=3, p=1) -> stem: maxpool(k=3, s=2, p=1)\n"
+                        "    -> other: maxpool(k=2) -> ceil: maxpool(k=3, s=2, p=1, ceil_mode=true)"
+                        "\n    -> global_avgpool -> flatten -> fc: linear(4)\n}\n")
+    mod = lower(arch, arch.to_torch(seed=0).state_dict(), batch=2, lanes=16).mod
+    names = [g.name_hint for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)]
+    assert [n for n in names if n.startswith("maxpool")] == ["maxpool0"]
+    assert "max_pool2d" in str(mod["main"])       # the other two: relax's own pool
+    check_agrees(arch)
+
+
 def test_knob_tuning_records_resumes_and_applies(tmp_path, capsys):
     """`resdsl tune --knobs`: measured blockings of the hand kernels go to the database,
     a second run resumes (measures only new candidates), and `compile --db` builds with

@@ -829,3 +829,35 @@ def concat_grow_func(n: int, total: int, h: int, w: int, affine: bool, relu: boo
               f"                for xx in T.vectorized({w}):",
               f"                    out[{b}, {ch}, yy, xx] = {value(f'block[{b}, {ch}, yy, xx]')}"]
     return from_source("\n".join(lines) + "\n", extra_vars={"T": T})
+
+
+
+def maxpool_func(n: int, c: int, h: int, w: int):
+    """The 3x3, stride-2, padding-1 max pool of the ImageNet stems: a parallel task per
+    channel plane; per output row the maximum of its three input rows is taken with vector
+    loads into a row of the task's own, and each output is the maximum of three
+    neighbours in that row. A window position in the padding reads its nearest pixel
+    inside the image instead, which lies in the same window, so the maximum is the same
+    and no padded copy is needed. TVM's generic pool first writes a padded copy of the
+    input and then reads nine scalars per output (measured alone: ResNet-50's pool at
+    batch 8 took 1.35 ms, in the network the generic one 3.6-4.4)."""
+    from tvm import s_tir, te, tirx
+
+    oh, ow = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    x = te.placeholder((n, c, h, w), "float32", name="x")
+
+    def rows(b, ch, y, xx):
+        return tirx.max(tirx.max(x[b, ch, tirx.max(2 * y - 1, 0), xx], x[b, ch, 2 * y, xx]),
+                        x[b, ch, tirx.min(2 * y + 1, h - 1), xx])
+    rowmax = te.compute((n, c, oh, w), rows, name="rowmax")
+    out = te.compute((n, c, oh, ow), lambda b, ch, y, xo: tirx.max(tirx.max(
+        rowmax[b, ch, y, tirx.max(2 * xo - 1, 0)], rowmax[b, ch, y, 2 * xo]),
+        rowmax[b, ch, y, tirx.min(2 * xo + 1, w - 1)]), name="out")
+    sch = s_tir.Schedule(te.create_prim_func([x, out]))
+    b_out = sch.get_sblock("out")
+    bn, bc, by, _ = sch.get_loops(b_out)
+    sch.parallel(sch.fuse(bn, bc))
+    b_row = sch.get_sblock("rowmax")
+    sch.compute_at(b_row, by, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(b_row)[-1])
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -24,8 +24,8 @@ import numpy as np
 
 from resdsl.backends import require_ops
 from resdsl.backends.tvm.kernels import (candidate_plans, concat_func, concat_grow_func,
-                                         conv_func, linear_func, pack_linear, pack_weights,
-                                         plan_conv, plan_linear, plan_pointwise,
+                                         conv_func, linear_func, maxpool_func, pack_linear,
+                                         pack_weights, plan_conv, plan_linear, plan_pointwise,
                                          plan_window)
 from resdsl.errors import ResdslError
 from resdsl.ir.graph import inputs_of, topo_order
@@ -138,6 +138,16 @@ def _linear(ctx: _Ctx, name: str, a, args, folds):
 def _pool(kind: str) -> Callable:
     def rule(ctx: _Ctx, name, a, args, folds):
         nn = ctx.relax.op.nn
+        if ctx.lanes and kind == "max" and (a.k, a.stride, a.p) == (3, 2, 1) \
+                and not a.ceil_mode and len(args[0].ty.shape) == 4:   # the ImageNet stems'
+            shape = tuple(int(d) for d in args[0].ty.shape)    # pool: resdsl's CPU kernel
+            key = ("maxpool",) + shape
+            if key not in ctx.funcs:
+                fname = f"maxpool{len(ctx.funcs)}"
+                func = maxpool_func(*shape).with_attr("global_symbol", fname)
+                ctx.funcs[key] = ctx.bb.add_func(func.with_attr("op_pattern", 8), fname)
+            return ctx.relax.call_tir(ctx.funcs[key], [args[0]], ctx.relax.TensorType(
+                shape[:2] + ((shape[2] - 1) // 2 + 1, (shape[3] - 1) // 2 + 1), "float32"))
         fn = nn.max_pool2d if kind == "max" else nn.avg_pool2d
         kwargs = {} if kind == "max" else {"count_include_pad": a.count_include_pad}
         return fn(args[0], pool_size=a.k, strides=a.stride, padding=a.p,
