@@ -747,12 +747,13 @@ def test_hand_plans_follow_the_in_network_measurements():
     assert plan_pointwise(512, 128, 1, 784, 16, images=8).xc == 160
     assert plan_pointwise(512, 128, 1, 784, 16, images=1).xc == 32
     assert plan_pointwise(512, 256, 1, 784, 16, subsample=True, images=8).xc == 112
-    # a 14x14 plane from 4 images: the wide tile (2 registers of channels by 14 columns,
-    # half a plane a task); at batch 1, strided, or with AVX2 the usual tiles
+    # a 14x14 plane: the wide tile (2 registers of channels by 14 columns), half a plane
+    # a task from 4 images, a whole one below; strided, or with AVX2, the usual tiles
     p = plan_pointwise(1024, 512, 1, 196, 16, images=8)
     assert (p.fb, p.xt, p.xvec, p.xc, p.ow_padded, p.pack) == (32, 14, 0, 98, 196, True)
-    assert plan_pointwise(256, 1024, 1, 196, 16, images=4).xt == 14
-    assert plan_pointwise(1024, 512, 1, 196, 16, images=1).xvec
+    assert plan_pointwise(256, 1024, 1, 196, 16, images=4).xc == 98
+    p = plan_pointwise(1024, 512, 1, 196, 16, images=1)
+    assert (p.fb, p.xt, p.xvec, p.xc) == (32, 14, 0, 196)
     assert plan_pointwise(1024, 512, 1, 196, 16, subsample=True, images=8).xt != 14
     assert plan_pointwise(1024, 512, 1, 196, 8, images=8).xvec
     assert plan_pointwise(2048, 512, 1, 49, 16, images=8).xvec         # 7x7: 4 vectors

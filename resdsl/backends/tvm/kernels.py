@@ -35,7 +35,8 @@ ROW_PACK_MAX_BLOCKS = 1   # a stride-1 window with this few channel blocks packs
 WIDE_CHUNK = 224      # columns a 1x1 task takes at most where the tasks stay many: ...
 WIDE_TASKS = 32       # ... at least this many (images x column chunks)
 POINTWISE_ACCUMULATORS = 28   # AVX-512 accumulators of a 1x1 product's wide tile ...
-WIDE_TILE_IMAGES = 4          # ... on planes of 14x14 or so, from this many images
+WIDE_TILE_IMAGES = 4          # ... on planes of 14x14 or so: half-plane tasks from this
+                              # many images, whole planes below
 
 
 def max_accumulators(lanes: int) -> int:
@@ -183,8 +184,8 @@ def plan_pointwise(f: int, cin: int, groups: int, columns: int, lanes: int,
     where the chunking pads the width, or to gather a strided convolution's pixels
     (`subsample`, which also keeps the channel-vectorised tile: its gather is not a
     vector load)."""
-    wide = wide_tile(f, cin, groups, columns, lanes)
-    if wide is not None and not subsample and images >= WIDE_TILE_IMAGES:
+    wide = wide_tile(f, cin, groups, columns, lanes, images)
+    if wide is not None and not subsample:
         return wide
     if not subsample and groups == 1 and cin <= XVEC_MAX_CIN \
             and f % XVEC_CHANNELS[lanes >= 16] == 0:
@@ -208,17 +209,20 @@ def plan_pointwise(f: int, cin: int, groups: int, columns: int, lanes: int,
                    pack=subsample or plan.ow_padded > columns or columns >= PACK_MIN_COLUMNS)
 
 
-def wide_tile(f: int, cin: int, groups: int, columns: int, lanes: int) -> ConvPlan | None:
+def wide_tile(f: int, cin: int, groups: int, columns: int, lanes: int,
+              images: int = 1) -> ConvPlan | None:
     """The wide channel-vectorised tile of a 1x1 product on a plane of 14x14 or so, or None
     where it does not fit: 2 registers of output channels by 12-14 columns (a whole number
-    of tiles per plane), 24-28 accumulators of AVX-512's 32 registers, chunks of half a
-    plane (or a whole one), packed. Per input channel a tile loads 2 weight vectors and
-    broadcasts 14 inputs for 28 FMAs, where the 8x2 column tile loads 2 and broadcasts 8 for
-    16. Measured in the network at batch 8 (ResNet-50, ResNeXt-50; both orders of a paired
-    run): the 14x14 products from 1024 channels took 0.75-0.89 of the time, those to 1024
-    channels 0.86-0.94; alone at batch 1 (2 chunks a plane) it was slower (1.15-1.3). A
-    convolution with a window spills so many accumulators (2-4x slower, measured), and
-    AVX2's 16 registers do not hold them."""
+    of tiles per plane), 24-28 accumulators of AVX-512's 32 registers, packed, a task per
+    half plane from WIDE_TILE_IMAGES images and per plane below (where the blocks of
+    output channels are split between tasks, which then share one packed copy). Per input
+    channel a tile loads 2 weight vectors and broadcasts 14 inputs for 28 FMAs, where the
+    8x2 column tile loads 2 and broadcasts 8 for 16. Measured in the network (both orders
+    of paired runs): at batch 8 (ResNet-50, ResNeXt-50) the 14x14 products from 1024
+    channels took 0.75-0.89 of the time, those to 1024 channels 0.86-0.94; at batch 1
+    (ResNet-50) 0.68-0.76 and 0.88-0.90, DenseNet-121's about the same. A convolution with
+    a window spills so many accumulators (2-4x slower, measured), and AVX2's 16 registers
+    do not hold them. At 28x28 it was slower (1.06-1.24 at batch 8)."""
     if lanes < 16 or groups != 1 or f % (2 * lanes) or columns > SMALL_PLANE:
         return None
     widest = POINTWISE_ACCUMULATORS // 2
@@ -227,7 +231,8 @@ def wide_tile(f: int, cin: int, groups: int, columns: int, lanes: int) -> ConvPl
     if xt is None:
         return None
     tiles = columns // xt
-    chunk = xt * (tiles // 2 if tiles % 2 == 0 else tiles)
+    half = images >= WIDE_TILE_IMAGES and tiles % 2 == 0
+    chunk = xt * (tiles // 2 if half else tiles)
     return ConvPlan(2 * lanes, xt, cin, f, f, False, columns, chunk, pack=True)
 
 
@@ -517,7 +522,7 @@ def candidate_plans(hand: ConvPlan, f: int, cin: int, groups: int, width: int, l
             near = chunks(replace(plan, xc=unit)) or [owp]
             ranked.insert(1, replace(plan, xc=min(near, key=lambda c: abs(c - hand.xc))))
     wide = wide_tile(f, cin, groups, width, lanes) if k == 1 and hand.xc else None
-    if wide is not None:      # the 1x1 product's wide tile (the hand's own from 4 images)
+    if wide is not None:      # the 1x1 product's wide tile (usually the hand's own)
         ranked.insert(0, wide)
     # alternate the two kinds, so a small budget tries some of each
     for i in range(max(len(variants), len(ranked))):
