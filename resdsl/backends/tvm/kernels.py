@@ -836,7 +836,6 @@ def concat_grow_func(n: int, total: int, h: int, w: int, affine: bool, relu: boo
     return from_source("\n".join(lines) + "\n", extra_vars={"T": T})
 
 
-
 def maxpool_func(n: int, c: int, h: int, w: int):
     """The 3x3, stride-2, padding-1 max pool of the ImageNet stems: a parallel task per
     channel plane; per output row the maximum of its three input rows is taken with vector
@@ -844,8 +843,8 @@ def maxpool_func(n: int, c: int, h: int, w: int):
     neighbours in that row. A window position in the padding reads its nearest pixel
     inside the image instead, which lies in the same window, so the maximum is the same
     and no padded copy is needed. TVM's generic pool first writes a padded copy of the
-    input and then reads nine scalars per output (measured alone: ResNet-50's pool at
-    batch 8 took 1.35 ms, in the network the generic one 3.6-4.4)."""
+    input and then reads nine scalars per output: in the network ResNet-50's pool took
+    3.6-4.6 ms at batch 8 that way, 1.12 ms this way (0.47 and 0.12 at batch 1)."""
     from tvm import s_tir, te, tirx
 
     oh, ow = (h - 1) // 2 + 1, (w - 1) // 2 + 1
