@@ -146,8 +146,8 @@ def _pool(kind: str) -> Callable:
                 fname = f"maxpool{len(ctx.funcs)}"
                 func = maxpool_func(*shape).with_attr("global_symbol", fname)
                 ctx.funcs[key] = ctx.bb.add_func(func.with_attr("op_pattern", 8), fname)
-            return ctx.relax.call_tir(ctx.funcs[key], [args[0]], ctx.relax.TensorType(
-                shape[:2] + ((shape[2] - 1) // 2 + 1, (shape[3] - 1) // 2 + 1), "float32"))
+            return ctx.relax.call_tir(ctx.funcs[key], [args[0]],
+                                      ctx.relax.TensorType(_shape(ctx, name), "float32"))
         fn = nn.max_pool2d if kind == "max" else nn.avg_pool2d
         kwargs = {} if kind == "max" else {"count_include_pad": a.count_include_pad}
         return fn(args[0], pool_size=a.k, strides=a.stride, padding=a.p,
